@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` (quickstart job) and `make test`.
+# Both set up everything first: a venv, torch 2.13.0 (CPU build) before anything else,
+# the project with its dev extras, and the Debian Fashion-MNIST package when root.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/quickstart
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; exit 2; \
+	  fi; \
+	fi
+
+demo: setup data
+	$(BIN)/slimtune run quickstart --out $(OUT) --overwrite
+
+test: setup data lint
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+test-fast: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs mlruns.db mlartifacts .pytest_cache

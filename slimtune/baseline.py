@@ -1,0 +1,91 @@
+"""The baseline: the user's weights, or a model trained by the project and cached.
+
+Trained baselines are cached under ``$SLIMTUNE_CACHE`` (default ``~/.cache/slimtune``)
+by a hash of (model, data, recipe), so every job on the same setup reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimtune.data import Dataset
+from slimtune.models import build_builtin, import_model, load_weights
+from slimtune.spec import JobSpec, ModelSpec
+
+RECIPE_VERSION = 1  # bump when the training code changes what a recipe produces
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune"))
+
+
+def build_model(model: ModelSpec, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The architecture named by the spec, with random initial weights."""
+    if model.arch is not None:
+        return build_builtin(model.arch, num_classes, in_channels)
+    assert model.import_ is not None
+    return import_model(model.import_, num_classes, in_channels)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The uncompressed model every trial starts from and is compared with."""
+
+    model: nn.Module
+    source: str  # "weights", "cache" or "trained"
+    cache_key: str
+    train_seconds: float
+
+
+def baseline_key(spec: JobSpec) -> str:
+    """Hash of everything that determines the trained baseline's weights."""
+    recipe = {"model": spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"}),
+              "data": spec.data.model_dump(mode="json"), "baseline": spec.baseline.model_dump(),
+              "seed": spec.search.seed, "version": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
+    """Load the user's weights, or the cached baseline, or train one and cache it."""
+    in_channels = data.input_shape[0]
+    model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels)
+    key = baseline_key(spec)
+    if spec.model.weights is not None:
+        load_weights(model, spec.model.weights)
+        return Baseline(model.eval(), "weights", key, 0.0)
+    path = cache_dir() / "baselines" / f"{key}.pt"
+    if path.is_file():
+        load_weights(model, path)
+        return Baseline(model.eval(), "cache", key, 0.0)
+    start = time.perf_counter()
+    recipe = spec.baseline
+    steps = math.ceil(recipe.epochs * len(data.train) / recipe.batch_size)
+    from slimtune.train import train
+
+    train(model, data.train, steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
+          weight_decay=recipe.weight_decay, seed=spec.search.seed)
+    seconds = time.perf_counter() - start
+    _save_atomic(model.state_dict(), path)
+    return Baseline(model.eval(), "trained", key, seconds)
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,317 @@
+"""Datasets as in-memory tensors: Fashion-MNIST from local files, sklearn digits, synthetic.
+
+Nothing is downloaded and nothing is cached on disk. Fashion-MNIST comes from the
+Debian package ``dataset-fashion-mnist``; its files are checked against the MD5s of
+the original (decompressed) IDX content, so a corrupt or different file is caught
+before compute. Every split is a deterministic function of the sizes and the seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimtune.errors import UserInputError
+
+DATASETS = ("fashion-mnist", "digits", "synthetic")
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "SLIMTUNE_FASHION_MNIST_DIR"
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+# MD5 of each file's decompressed bytes (Debian recompressed the .gz files).
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+SYNTHETIC_SHAPE = (1, 16, 16)
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_DEFAULT_TRAIN = 512
+SYNTHETIC_DEFAULT_TEST = 128
+# The class prototypes are fixed, so every seed samples the same problem.
+_SYNTHETIC_PROTOTYPE_SEED = 1234
+_SYNTHETIC_NOISE = 1.0
+_SYNTHETIC_MAX_SHIFT = 2
+
+# IDX type codes (third magic byte) -> big-endian numpy dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class DataError(UserInputError):
+    """The dataset is unknown, missing, corrupt, or too small for the sizes asked for."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs ``x`` (float32, N x C x H x W, normalized) and labels ``y`` (int64, N)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.float32 or self.x.dim() != 4:
+            raise ValueError(
+                f"x must be float32 N x C x H x W, got {self.x.dtype} {self.x.dim()}-D"
+            )
+        if self.y.dtype != torch.int64 or self.y.shape != (len(self.x),):
+            raise ValueError(
+                f"y must be int64 of shape ({len(self.x)},), got {tuple(self.y.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/val/test splits of one dataset plus what a model needs to know about it."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+def _unknown(name: str) -> DataError:
+    return DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def fashion_mnist_dir() -> Path:
+    """Where the Fashion-MNIST files are: ``$SLIMTUNE_FASHION_MNIST_DIR`` or the Debian path."""
+    return Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+
+
+def _read_checked(path: Path, md5: str) -> bytes:
+    """Decompressed content of a .gz file, after checking it exists and matches ``md5``."""
+    if not path.is_file():
+        raise DataError(
+            f"Fashion-MNIST file {path} not found; install it with "
+            f"`{FASHION_MNIST_INSTALL}` or set {FASHION_MNIST_ENV} to a folder holding "
+            f"{', '.join(FASHION_MNIST_FILES)}"
+        )
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"cannot decompress {path}: {e}; reinstall with `{FASHION_MNIST_INSTALL}`"
+        ) from e
+    if hashlib.md5(data).hexdigest() != md5:
+        raise DataError(
+            f"checksum mismatch for {path}: its content is not the Fashion-MNIST file "
+            f"{path.name}; reinstall with `{FASHION_MNIST_INSTALL}`"
+        )
+    return data
+
+
+def parse_idx(data: bytes) -> np.ndarray:
+    """Parse IDX bytes (the MNIST format): magic 0,0,type,ndim; big-endian uint32 dims."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError("not an IDX file: bad magic number")
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError("IDX file truncated in its header")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(data) != header + count * dtype.itemsize:
+        raise DataError(
+            f"IDX file size does not match its dims {dims}: "
+            f"{len(data) - header} payload bytes, expected {count * dtype.itemsize}"
+        )
+    return np.frombuffer(data, dtype, count=count, offset=header).reshape(dims)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read a gzip'd IDX file into an array (no checksum check)."""
+    with gzip.open(path, "rb") as f:
+        return parse_idx(f.read())
+
+
+def check_dataset(name: str) -> None:
+    """Check a dataset can be loaded (files present, checksums right) without building it."""
+    if name not in DATASETS:
+        raise _unknown(name)
+    if name == "fashion-mnist":
+        folder = fashion_mnist_dir()
+        for filename, md5 in FASHION_MNIST_FILES.items():
+            _read_checked(folder / filename, md5)
+
+
+def _size(requested: int | None, default: int, what: str) -> int:
+    size = default if requested is None else requested
+    if size < 1:
+        raise DataError(f"{what} must be at least 1, got {size}")
+    return size
+
+
+def _check_fits(what: str, available: int, **sizes: int) -> None:
+    total = sum(sizes.values())
+    if total > available:
+        parts = " + ".join(f"{k} {v}" for k, v in sizes.items())
+        raise DataError(f"{what} has {available} samples, fewer than {parts} = {total}")
+
+
+def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(y.astype(np.int64)),
+    )
+
+
+def _fashion_mnist(
+    train_size: int | None, val_size: int, test_size: int | None, seed: int
+) -> Dataset:
+    """Val is carved out of the 60k train images (disjoint from train), test from t10k."""
+    folder = fashion_mnist_dir()
+    train_x, train_y, test_x, test_y = (
+        parse_idx(_read_checked(folder / filename, md5))
+        for filename, md5 in FASHION_MNIST_FILES.items()
+    )
+    pool, n_test = len(train_y), len(test_y)
+    val_size = _size(val_size, 0, "val_size")
+    train_size = _size(train_size, max(pool - val_size, 1), "train_size")
+    test_size = _size(test_size, n_test, "test_size")
+    _check_fits("the Fashion-MNIST train set", pool, train_size=train_size, val_size=val_size)
+    _check_fits("the Fashion-MNIST test set", n_test, test_size=test_size)
+    perm = np.random.default_rng(seed).permutation(pool)
+    val_idx, train_idx = perm[:val_size], perm[val_size : val_size + train_size]
+    test_idx = np.random.default_rng(seed).permutation(n_test)[:test_size]
+
+    def split(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Split:
+        # Normalize only the chosen images: the full 60k as float32 would be 188 MB.
+        x = images[idx, None].astype(np.float32) / 255.0
+        return _to_split((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD, labels[idx])
+
+    return Dataset(
+        name="fashion-mnist",
+        train=split(train_x, train_y, train_idx),
+        val=split(train_x, train_y, val_idx),
+        test=split(test_x, test_y, test_idx),
+        num_classes=len(FASHION_MNIST_CLASSES),
+        input_shape=(1, 28, 28),
+        class_names=FASHION_MNIST_CLASSES,
+    )
+
+
+def _digits(train_size: int | None, val_size: int, test_size: int | None, seed: int) -> Dataset:
+    """sklearn's bundled 8x8 digits (1797 images); test defaults to 20%, train to the rest."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, labels = bunch.images / 16.0, bunch.target
+    n = len(labels)
+    val_size = _size(val_size, 0, "val_size")
+    test_size = _size(test_size, round(0.2 * n), "test_size")
+    train_size = _size(train_size, max(n - val_size - test_size, 1), "train_size")
+    _check_fits("digits", n, train_size=train_size, val_size=val_size, test_size=test_size)
+    perm = np.random.default_rng(seed).permutation(n)
+    train_idx = perm[:train_size]
+    val_idx = perm[train_size : train_size + val_size]
+    test_idx = perm[train_size + val_size : train_size + val_size + test_size]
+    # Standardize with the train split's statistics, so val/test leak nothing into it.
+    mean, std = images[train_idx].mean(), images[train_idx].std()
+    x = ((images - mean) / std)[:, None]
+    return Dataset(
+        name="digits",
+        train=_to_split(x[train_idx], labels[train_idx]),
+        val=_to_split(x[val_idx], labels[val_idx]),
+        test=_to_split(x[test_idx], labels[test_idx]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        class_names=tuple(str(d) for d in range(10)),
+    )
+
+
+def _synthetic_prototypes() -> torch.Tensor:
+    """One smooth, zero-mean, unit-variance 16x16 pattern per class, fixed for all seeds."""
+    g = torch.Generator().manual_seed(_SYNTHETIC_PROTOTYPE_SEED)
+    coarse = torch.randn(SYNTHETIC_CLASSES, 1, 4, 4, generator=g)
+    protos = torch.nn.functional.interpolate(
+        coarse, size=SYNTHETIC_SHAPE[1:], mode="bilinear", align_corners=False
+    )
+    mean, std = protos.mean((1, 2, 3), keepdim=True), protos.std((1, 2, 3), keepdim=True)
+    return (protos - mean) / std
+
+
+def _synthetic(train_size: int | None, val_size: int, test_size: int | None, seed: int) -> Dataset:
+    """Class prototype, randomly shifted and scaled, plus Gaussian noise; balanced classes."""
+    sizes = (
+        _size(train_size, SYNTHETIC_DEFAULT_TRAIN, "train_size"),
+        _size(val_size, 0, "val_size"),
+        _size(test_size, SYNTHETIC_DEFAULT_TEST, "test_size"),
+    )
+    n = sum(sizes)
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % SYNTHETIC_CLASSES)[torch.randperm(n, generator=g)]
+    x = _synthetic_prototypes()[y] * (0.5 + torch.rand(n, 1, 1, 1, generator=g))
+    k = _SYNTHETIC_MAX_SHIFT
+    shifts = torch.randint(-k, k + 1, (n, 2), generator=g)
+    for dy in range(-k, k + 1):
+        for dx in range(-k, k + 1):
+            rows = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+            x[rows] = torch.roll(x[rows], (dy, dx), dims=(2, 3))
+    x = x + _SYNTHETIC_NOISE * torch.randn(x.shape, generator=g)
+    x = x / (1.0 + _SYNTHETIC_NOISE**2) ** 0.5
+    train, val, test = (
+        Split(xs.contiguous(), ys.contiguous())
+        for xs, ys in zip(x.split(sizes), y.split(sizes), strict=True)
+    )
+    return Dataset(
+        name="synthetic",
+        train=train,
+        val=val,
+        test=test,
+        num_classes=SYNTHETIC_CLASSES,
+        input_shape=SYNTHETIC_SHAPE,
+        class_names=tuple(f"pattern{c}" for c in range(SYNTHETIC_CLASSES)),
+    )
+
+
+_LOADERS = {"fashion-mnist": _fashion_mnist, "digits": _digits, "synthetic": _synthetic}
+
+
+def load_dataset(
+    name: str, *, train_size: int | None, val_size: int, test_size: int | None, seed: int
+) -> Dataset:
+    """Load ``name`` as tensors, subsampled deterministically by ``seed``.
+
+    ``train_size``/``test_size`` of None mean "all there is" (for synthetic: 512/128).
+    Raises DataError if the data is missing or corrupt or the sizes do not fit.
+    """
+    if name not in _LOADERS:
+        raise _unknown(name)
+    return _LOADERS[name](train_size, val_size, test_size, seed)

@@ -1,0 +1,265 @@
+"""A whole job: check the input, prepare the baseline, search through Ray, report.
+
+``preflight`` does every check that needs no training, so bad input ends with one line
+and exit 2 before an output directory or an MLflow run exists. ``run_job`` then trains
+(or loads) the baseline, measures it, runs the search through Ray Tune with every trial
+in MLflow, and writes the output directory (see ``slimtune.outputs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimtune.baseline import prepare_baseline
+from slimtune.data import Dataset
+from slimtune.errors import BudgetError, UserInputError
+from slimtune.latency import MeasureProtocol, machine_lock
+from slimtune.layers import LayerTable
+from slimtune.outputs import append_trial, copy_trial, write_json
+from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
+from slimtune.policy import Policy, write_text_atomic
+from slimtune.progress import Progress
+from slimtune.result import TrialResult
+from slimtune.spaces import SearchSpace
+from slimtune.spec import JobSpec
+from slimtune.tracking import Tracker
+from slimtune.train import accuracy
+from slimtune.trial import TrialContext, deploy, measure
+from slimtune.validate import check_inputs
+
+log = logging.getLogger("slimtune")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preflight found: data, layer table, space, and the latency bounds it measured."""
+
+    spec: JobSpec
+    data: Dataset
+    table: LayerTable
+    space: SearchSpace
+    baseline_ms: float
+    fastest_ms: float
+    fastest_policy: Policy
+
+
+def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
+    b = spec.budget
+    return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
+
+
+def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepared:
+    """Every check before compute. Raises UserInputError with a one-line message.
+
+    The budget check measures two architectures on the target with untrained weights
+    (latency does not depend on the weight values): the baseline, and the smallest
+    model the space allows at each bit-width.
+    """
+    protocol = protocol or MeasureProtocol()
+    checked = check_inputs(spec)
+    data, model, table = checked.data, checked.model, checked.table
+    space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits)
+    ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
+                       budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
+    with tempfile.TemporaryDirectory(prefix="slimtune-preflight-") as tmp:
+        baseline_ms = _measure_policy(ctx, model, Policy(), Path(tmp) / "base.onnx")
+        fastest = [(_measure_policy(ctx, model, p, Path(tmp) / f"min{i}.onnx"), p)
+                   for i, p in enumerate(space.most_aggressive())]
+    fastest_ms, fastest_policy = min(fastest, key=lambda t: t[0])
+    budget = budget_ms(spec, baseline_ms)
+    if budget < fastest_ms:
+        raise BudgetError(
+            f"budget {budget:.3f} ms is below the fastest model the search space allows "
+            f"({fastest_ms:.3f} ms measured on the target; the baseline measures "
+            f"{baseline_ms:.3f} ms): raise the budget or allow larger prune ratios")
+    return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy)
+
+
+def _measure_policy(ctx: TrialContext, model, policy: Policy, path: Path) -> float:
+    from slimtune.compress import prune_structure
+
+    pruned = prune_structure(model, ctx.table, policy, round_to=ctx.spec.space.round_to)
+    with machine_lock("shared"):
+        deployed = deploy(ctx, pruned, policy, path)
+    return measure(ctx, deployed).median_ms
+
+
+def prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to mix two jobs' outputs in one directory."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise UserInputError(f"output directory {out_dir} is not empty "
+                                 "(choose another --out, or pass --overwrite)")
+        if not (out_dir / "trials.jsonl").exists() and not (out_dir / "job.yaml").exists():
+            raise UserInputError(f"--overwrite refused: {out_dir} is not a slimtune output "
+                                 "directory")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    out_dir: Path
+    results: list[TrialResult]
+    front: list[TrialResult]
+    best: TrialResult | None
+    baseline: dict
+    budget_ms: float
+    hypervolume: float
+    tracking_uri: str
+    parent_run_id: str
+    wall_seconds: float
+    trial_seconds: float
+
+
+def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: str | None = None,
+            verbose: bool = False, protocol: MeasureProtocol | None = None) -> JobOutcome:
+    """Run a whole job; see the module docstring."""
+    start = time.perf_counter()
+    protocol = protocol or MeasureProtocol()
+    prep = preflight(spec, protocol)
+    prepare_out_dir(out_dir, overwrite=overwrite)
+    write_text_atomic(out_dir / "job.yaml", spec.to_yaml())
+    tracker = Tracker(spec.tracking_uri, spec.experiment)
+    progress: Progress | None = None
+    try:
+        _say(f"baseline {spec.model.describe()} on {spec.data.dataset}: preparing")
+        with machine_lock("shared"):
+            baseline = prepare_baseline(spec, prep.data)
+        ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.model.state_dict(),
+                           data=prep.data, budget_ms=float("inf"),
+                           trials_dir=out_dir / "trials", protocol=protocol)
+        base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+        budget = budget_ms(spec, base_info["latency_ms"])
+        base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
+        ctx = TrialContext(**{**ctx.__dict__, "budget_ms": budget})
+        _say(f"baseline ({baseline.source}): val accuracy {base_info['accuracy']:.4f}, "
+             f"{base_info['latency_ms']:.3f} ms on {spec.target.runtime}; "
+             f"budget {budget:.3f} ms")
+
+        parent = tracker.start_job(spec.name, _flat_params(spec),
+                                   {"searcher": spec.search.searcher})
+        tracker.log(parent, metrics={f"baseline_{k}": v for k, v in base_info.items()
+                                     if isinstance(v, (int, float))})
+        tracker.log_artifacts(parent, [out_dir / "job.yaml"])
+
+        from slimtune.search import make_searcher
+        from slimtune.search.tune import run_search, start_ray, stop_ray
+
+        searcher = make_searcher(spec.search.searcher, prep.space, seed=spec.search.seed,
+                                 trials=spec.search.trials)
+        results: list[TrialResult] = []
+        runs: dict[int, str] = {}
+        progress = Progress(spec.search.trials, budget)
+
+        def on_suggest(number: int, policy: Policy) -> None:
+            params = prep.space.params_from_policy(policy)
+            runs[number] = tracker.start_trial(number, params, searcher.name)
+
+        def on_complete(result: TrialResult) -> None:
+            run_id = runs.pop(result.trial_id)
+            result = TrialResult(**{**result.__dict__, "mlflow_run_id": run_id,
+                                    "budget_ms": budget, "searcher": searcher.name})
+            tracker.end_trial(run_id, result)
+            append_trial(out_dir, result)
+            results.append(result)
+            progress.update(results)
+
+        _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
+        start_ray(address, verbose=verbose)
+        try:
+            run_search(ctx, searcher, trials=spec.search.trials,
+                       concurrency=spec.search.concurrency,
+                       on_suggest=on_suggest, on_complete=on_complete)
+        finally:
+            stop_ray()
+        progress.close()
+        outcome = _finish(spec, out_dir, tracker, results, base_info, budget, start)
+        tracker.end(parent, "FINISHED")
+        return outcome
+    except KeyboardInterrupt:
+        tracker.close_all("KILLED")
+        raise
+    except BaseException:
+        tracker.close_all("FAILED")
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    from slimtune.compress import count_macs_params, packed_size_bytes
+
+    with machine_lock("shared"):
+        deployed = deploy(ctx, baseline.model, Policy(), out / "model.onnx")
+    stats = measure(ctx, deployed)
+    threads = ctx.spec.target.threads
+    with machine_lock("shared"):
+        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
+        test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+    macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
+    return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
+            "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,
+            "size_bytes": packed_size_bytes(baseline.model, ctx.table, Policy()),
+            "macs": macs, "params": params, "source": baseline.source,
+            "train_seconds": baseline.train_seconds, "cache_key": baseline.cache_key}
+
+
+def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],
+            base: dict, budget: float, start: float) -> JobOutcome:
+    front = pareto_front(results)
+    best = best_feasible(results)
+    hv = normalized_hypervolume(front, budget_ms=budget, baseline_size_bytes=base["size_bytes"])
+    write_json(out_dir / "pareto.json", {
+        "objectives": {"accuracy": "max", "latency_ms": "min", "size_bytes": "min"},
+        "budget_ms": budget, "hypervolume": hv, "baseline": base,
+        "best_trial": best.trial_id if best else None,
+        "front": [r.to_dict() for r in front]})
+    plot_pareto(results, front, out_dir / "pareto.png", budget_ms=budget,
+                baseline_accuracy=base["accuracy"], baseline_latency_ms=base["latency_ms"],
+                title=f"{spec.name}: {spec.search.searcher}, {len(results)} trials")
+    if best is not None:
+        copy_trial(out_dir, best.trial_id, out_dir / "best")
+    parent = tracker.parent_id
+    assert parent is not None
+    feasible = [r for r in results if r.feasible]
+    tracker.log(parent, metrics={
+        "hypervolume": hv, "front_size": len(front), "trials_feasible": len(feasible),
+        "trials_failed": sum(r.state == "failed" for r in results),
+        **({"best_accuracy": best.accuracy or 0.0, "best_test_accuracy": best.test_accuracy or 0.0,
+            "best_latency_ms": best.latency_ms or 0.0, "best_size_bytes": best.size_bytes or 0}
+           if best else {})},
+        tags={"best_trial": best.trial_id if best else "none"})
+    tracker.log_artifacts(parent, [out_dir / n for n in ("pareto.json", "pareto.png",
+                                                         "trials.jsonl")])
+    if best is not None:
+        tracker.log_artifacts(parent, sorted((out_dir / "best").iterdir()), subdir="best")
+    wall = time.perf_counter() - start
+    return JobOutcome(out_dir, results, front, best, base, budget, hv, spec.tracking_uri,
+                      parent, wall, sum(r.seconds for r in results))
+
+
+def _flat_params(spec: JobSpec) -> dict[str, str]:
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", spec.model_dump(by_alias=True, mode="json", exclude_none=True))
+    return flat
+
+
+def _say(message: str) -> None:
+    print(f"slimtune: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,100 @@
+"""Policy: one point in the compression search space.
+
+A policy says, for every prunable channel group, which fraction of its channels to
+remove, and for every quantizable layer, how many bits its weights keep (32 = float).
+Keys are the stable module names of the original model (``layer1.0.conv1``), so a
+policy is readable, diffable, and can be matched to another model later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FLOAT_BITS = 32
+ALLOWED_BITS = (32, 16, 8, 6, 4, 2)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-layer prune ratios and bit-widths for one model.
+
+    ``prune`` maps a channel group's name to the fraction of its channels removed
+    (0 keeps all). ``bits`` maps a layer's name to its weight bit-width. Missing keys
+    mean "leave as is" (ratio 0, 32 bits). ``model_signature`` names the LayerTable the
+    policy was made for, so applying it to another model is caught.
+    """
+
+    prune: Mapping[str, float] = field(default_factory=dict)
+    bits: Mapping[str, int] = field(default_factory=dict)
+    model_signature: str = ""
+
+    def __post_init__(self) -> None:
+        for name, ratio in self.prune.items():
+            if not 0.0 <= float(ratio) < 1.0:
+                raise ValueError(f"prune ratio of {name!r} must be in [0, 1), got {ratio}")
+        for name, b in self.bits.items():
+            if int(b) not in ALLOWED_BITS:
+                raise ValueError(f"bit-width of {name!r} must be one of {ALLOWED_BITS}, got {b}")
+        object.__setattr__(self, "prune", {k: float(v) for k, v in sorted(self.prune.items())})
+        object.__setattr__(self, "bits", {k: int(v) for k, v in sorted(self.bits.items())})
+
+    def ratio(self, group: str) -> float:
+        return self.prune.get(group, 0.0)
+
+    def bits_of(self, layer: str) -> int:
+        return self.bits.get(layer, FLOAT_BITS)
+
+    @property
+    def quantized_layers(self) -> list[str]:
+        """Layers whose weights are stored below 32 bits."""
+        return [name for name, b in self.bits.items() if b < FLOAT_BITS]
+
+    def key(self) -> str:
+        """A canonical string: equal policies have equal keys."""
+        return json.dumps({"prune": self.prune, "bits": self.bits}, sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prune": dict(self.prune), "bits": dict(self.bits),
+                "model_signature": self.model_signature}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        unknown = set(data) - {"prune", "bits", "model_signature"}
+        if unknown:
+            raise ValueError(f"unknown policy keys: {sorted(unknown)}")
+        return cls(prune=dict(data.get("prune", {})), bits=dict(data.get("bits", {})),
+                   model_signature=str(data.get("model_signature", "")))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically: a reader never sees a half-written policy file."""
+        write_text_atomic(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        return cls.from_json(Path(path).read_text())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

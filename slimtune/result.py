@@ -1,0 +1,53 @@
+"""TrialResult: what one evaluated policy scored, as a small serialisable record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from slimtune.policy import Policy
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial's outcome.
+
+    ``accuracy`` is the validation accuracy of the deployed model (the search's signal);
+    ``test_accuracy`` is reported and never used to decide anything. ``latency_ms`` is
+    the measured median on the target; ``latency`` holds the full measurement.
+    ``state`` is ``ok``, ``infeasible`` (measured over budget: not fine-tuned, never on
+    the front) or ``failed`` (an error inside the trial, in ``error``).
+    """
+
+    trial_id: int
+    policy: Policy
+    state: str
+    accuracy: float | None = None
+    test_accuracy: float | None = None
+    latency_ms: float | None = None
+    latency: Mapping[str, Any] = field(default_factory=dict)
+    size_bytes: int | None = None
+    macs: int | None = None
+    params: int | None = None
+    budget_ms: float | None = None
+    searcher: str = ""
+    seconds: float = 0.0
+    mlflow_run_id: str = ""
+    error: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["policy"] = self.policy.to_dict()
+        data["feasible"] = self.feasible
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["policy"] = Policy.from_dict(data["policy"])
+        return cls(**fields)

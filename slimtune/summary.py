@@ -1,0 +1,41 @@
+"""What a finished job prints: the front, where the outputs are, how to open MLflow."""
+
+from __future__ import annotations
+
+from slimtune.job import JobOutcome
+from slimtune.tracking import ui_command
+
+
+def front_table(outcome: JobOutcome) -> str:
+    """The Pareto front (and the baseline) as an aligned text table."""
+    rows = [("trial", "val_acc", "test_acc", "latency_ms", "size_kB", "MACs_M", "params_k")]
+    b = outcome.baseline
+    rows.append(("baseline", f"{b['accuracy']:.4f}", f"{b['test_accuracy']:.4f}",
+                 f"{b['latency_ms']:.3f}", f"{b['size_bytes'] / 1e3:.1f}",
+                 f"{b['macs'] / 1e6:.2f}", f"{b['params'] / 1e3:.1f}"))
+    for r in outcome.front:
+        star = "*" if outcome.best and r.trial_id == outcome.best.trial_id else ""
+        rows.append((f"{r.trial_id}{star}", f"{r.accuracy:.4f}", f"{r.test_accuracy:.4f}",
+                     f"{r.latency_ms:.3f}", f"{(r.size_bytes or 0) / 1e3:.1f}",
+                     f"{(r.macs or 0) / 1e6:.2f}", f"{(r.params or 0) / 1e3:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def print_summary(outcome: JobOutcome) -> None:
+    out = outcome.out_dir.resolve()
+    n = len(outcome.results)
+    feasible = sum(r.feasible for r in outcome.results)
+    failed = sum(r.state == "failed" for r in outcome.results)
+    print(f"\n{n} trials ({feasible} within the {outcome.budget_ms:.3f} ms budget, {failed} failed)"
+          f" in {outcome.wall_seconds:.0f} s; hypervolume {outcome.hypervolume:.4f}")
+    print(f"Pareto front (* = best feasible by validation accuracy):\n{front_table(outcome)}\n")
+    print(f"front:      {out / 'pareto.json'}  {out / 'pareto.png'}")
+    if outcome.best is not None:
+        print(f"best model: {out / 'best'}  (policy.json, model.onnx, model.pt)")
+    else:
+        print("best model: none (no trial met the budget)")
+    print(f"trials:     {out / 'trials.jsonl'}")
+    print(f"MLflow:     {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    print(f"MLflow UI:  {ui_command(outcome.tracking_uri)}")

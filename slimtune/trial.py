@@ -1,0 +1,159 @@
+"""One trial: apply a policy, fine-tune, evaluate, measure latency on the target.
+
+Order matters for cost: the compressed architecture is measured first, and a policy
+whose measured latency misses the budget stops there (infeasible, never fine-tuned).
+A feasible one is fine-tuned with distillation from the baseline, then the deployed
+artefact (ONNX, int8 where the policy says 8 bits) is measured again and evaluated:
+the reported latency and accuracy are those of the very file ``export`` hands out.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtune.baseline import build_model
+from slimtune.compress import count_macs_params, fake_quantize, packed_size_bytes, prune_structure
+from slimtune.data import Dataset
+from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
+from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock, measure_model
+from slimtune.layers import LayerTable
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+from slimtune.spec import JobSpec
+from slimtune.train import accuracy, predict, train
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs, shipped once to every worker."""
+
+    spec: JobSpec
+    table: LayerTable
+    baseline_state: dict[str, torch.Tensor]
+    data: Dataset
+    budget_ms: float
+    trials_dir: Path
+    protocol: MeasureProtocol = MeasureProtocol()
+
+    def baseline_model(self) -> nn.Module:
+        model = build_model(self.spec.model, num_classes=self.data.num_classes,
+                            in_channels=self.data.input_shape[0])
+        model.load_state_dict(self.baseline_state)
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A compressed model in the form the target runs it."""
+
+    model: nn.Module
+    onnx_path: Path | None  # None for the torch runtime
+
+    def logits(self, x: torch.Tensor, threads: int) -> torch.Tensor:
+        if self.onnx_path is None:
+            return predict(self.model, x)
+        return torch.from_numpy(onnx_predict(onnx_session(self.onnx_path, threads=threads), x))
+
+
+def int8_layers(policy: Policy) -> list[str]:
+    """Layers that run int8 in ONNX Runtime: every layer stored at 8 bits or fewer."""
+    return [name for name, bits in policy.bits.items() if bits <= 8]
+
+
+def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path) -> Deployed:
+    """Export for the target: ONNX (+ int8 QDQ for low-bit layers), or the torch module."""
+    if ctx.spec.target.runtime == "torch":
+        return Deployed(model, None)
+    fp32 = onnx_path.with_suffix(".fp32.onnx")
+    export_onnx(model, ctx.data.input_shape, fp32)
+    calib = ctx.data.train.x[: ctx.spec.finetune.calibration_size]
+    quantize_onnx(fp32, onnx_path, int8_layers=int8_layers(policy), calibration=calib)
+    fp32.unlink(missing_ok=True)
+    return Deployed(model, onnx_path)
+
+
+def measure(ctx: TrialContext, deployed: Deployed) -> LatencyStats:
+    target = ctx.spec.target
+    subject: Any = deployed.model if deployed.onnx_path is None else deployed.onnx_path
+    return measure_model(subject, target.runtime, ctx.data.input_shape, target.batch_size,
+                         target.threads, ctx.protocol)
+
+
+def run_trial(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str) -> TrialResult:
+    """Evaluate one policy; an exception inside becomes a ``failed`` result, not a crash."""
+    start = time.perf_counter()
+    try:
+        return _run(ctx, trial_id, policy, searcher, start)
+    except Exception as err:  # noqa: BLE001 - a failing trial must not end the job
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        where = f"{Path(last.filename).name}:{last.lineno}"
+        return TrialResult(trial_id=trial_id, policy=policy, state="failed",
+                           budget_ms=ctx.budget_ms, searcher=searcher,
+                           seconds=time.perf_counter() - start,
+                           error=f"{type(err).__name__}: {err} ({where})")
+
+
+def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
+         start: float) -> TrialResult:
+    spec = ctx.spec
+    torch.set_num_threads(spec.target.threads)
+    teacher = ctx.baseline_model()
+    with machine_lock("shared"):
+        model = prune_structure(teacher, ctx.table, policy, round_to=spec.space.round_to)
+        macs, params = count_macs_params(model, ctx.data.input_shape)
+    base = dict(trial_id=trial_id, policy=policy, macs=macs, params=params,
+                budget_ms=ctx.budget_ms, searcher=searcher)
+
+    with tempfile.TemporaryDirectory(prefix="slimtune-gate-") as tmp:
+        with machine_lock("shared"):
+            gate = deploy(ctx, model, policy, Path(tmp) / "gate.onnx")
+        gate_latency = measure(ctx, gate)
+    if gate_latency.median_ms > ctx.budget_ms:
+        size = packed_size_bytes(model, ctx.table, policy)
+        return TrialResult(**base, state="infeasible", latency_ms=gate_latency.median_ms,
+                           latency=gate_latency.to_dict(), size_bytes=size,
+                           seconds=time.perf_counter() - start)
+
+    out = ctx.trials_dir / str(trial_id)
+    out.mkdir(parents=True, exist_ok=True)
+    ft = spec.finetune
+    with machine_lock("shared"):
+        train(model, ctx.data.train, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr,
+              seed=spec.search.seed + trial_id, teacher=teacher if ft.distill else None,
+              temperature=ft.temperature, alpha=ft.alpha)
+        fake_quantize(model, policy, include_8bit=spec.target.runtime == "torch")
+        deployed = deploy(ctx, model, policy, out / "model.onnx")
+    latency = measure(ctx, deployed)
+    with machine_lock("shared"):
+        threads = spec.target.threads
+        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
+        test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+    save_trial_model(out, model, policy, ctx)
+    feasible = latency.median_ms <= ctx.budget_ms
+    return TrialResult(**base, state="ok" if feasible else "infeasible", accuracy=val,
+                       test_accuracy=test, latency_ms=latency.median_ms,
+                       latency=latency.to_dict(),
+                       size_bytes=packed_size_bytes(model, ctx.table, policy),
+                       seconds=time.perf_counter() - start)
+
+
+def save_trial_model(out: Path, model: nn.Module, policy: Policy, ctx: TrialContext) -> None:
+    """``policy.json`` and ``model.pt``: the state dict and what rebuilds the architecture.
+
+    ``model.pt`` holds only tensors and plain values, so it loads with
+    ``torch.load(weights_only=True)`` (see ``slimtune.outputs.load_compressed``).
+    """
+    policy.save(out / "policy.json")
+    spec = ctx.spec
+    torch.save({"state_dict": model.state_dict(), "policy": policy.to_dict(),
+                "model": spec.model.model_dump(by_alias=True, mode="json", exclude_none=True),
+                "round_to": spec.space.round_to, "input_shape": list(ctx.data.input_shape),
+                "num_classes": ctx.data.num_classes}, out / "model.pt")

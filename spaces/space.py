@@ -1,0 +1,93 @@
+"""SearchSpace: the per-layer choices a searcher picks from.
+
+One categorical dimension per prunable channel group (``prune.<group>``: its prune
+ratio) and one per quantizable layer (``bits.<layer>``: its weight bit-width). The
+space translates between flat parameter dicts (what Optuna samples) and Policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+from slimtune.layers import LayerTable
+from slimtune.policy import Policy
+
+PRUNE = "prune."
+BITS = "bits."
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Choices per group and per layer, for one LayerTable.
+
+    ``ratios[group]`` lists the prune ratios allowed for that group (those that keep at
+    least its minimum channel count); ``bits[layer]`` the bit-widths allowed for that
+    layer.
+    """
+
+    table: LayerTable
+    ratios: Mapping[str, tuple[float, ...]]
+    bits: Mapping[str, tuple[int, ...]]
+
+    @classmethod
+    def from_table(
+        cls, table: LayerTable, prune_ratios: tuple[float, ...], bits: tuple[int, ...]
+    ) -> SearchSpace:
+        ratios = {}
+        for group in table.groups:
+            allowed = tuple(r for r in prune_ratios
+                            if round(group.channels * (1 - r)) >= group.min_channels)
+            ratios[group.name] = allowed or (0.0,)
+        return cls(table=table, ratios=ratios,
+                   bits={layer.name: tuple(bits) for layer in table.layers})
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.ratios) + len(self.bits)
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Optuna distributions, one categorical per dimension."""
+        dists: dict[str, BaseDistribution] = {}
+        for group, choices in self.ratios.items():
+            dists[PRUNE + group] = CategoricalDistribution(choices)
+        for layer, choices in self.bits.items():
+            dists[BITS + layer] = CategoricalDistribution(choices)
+        return dists
+
+    def policy_from_params(self, params: Mapping[str, float | int]) -> Policy:
+        prune = {k.removeprefix(PRUNE): float(v) for k, v in params.items()
+                 if k.startswith(PRUNE) and float(v) > 0}
+        bits = {k.removeprefix(BITS): int(v) for k, v in params.items()
+                if k.startswith(BITS) and int(v) != 32}
+        return Policy(prune=prune, bits=bits, model_signature=self.table.signature())
+
+    def params_from_policy(self, policy: Policy) -> dict[str, float | int]:
+        params: dict[str, float | int] = {}
+        for group in self.ratios:
+            params[PRUNE + group] = policy.ratio(group)
+        for layer in self.bits:
+            params[BITS + layer] = policy.bits_of(layer)
+        return params
+
+    def contains(self, policy: Policy) -> bool:
+        params = self.params_from_policy(policy)
+        dists = self.distributions()
+        return all(params[k] in d.choices for k, d in dists.items())  # type: ignore[attr-defined]
+
+    def uniform(self, ratio: float, bits: int) -> Policy:
+        """The same ratio in every group (capped by what each allows) and the same bits."""
+        prune = {g: max((r for r in rs if r <= ratio), default=0.0)
+                 for g, rs in self.ratios.items()}
+        return self.policy_from_params(
+            {**{PRUNE + g: r for g, r in prune.items()},
+             **{BITS + layer: bits for layer in self.bits}})
+
+    def most_aggressive(self) -> list[Policy]:
+        """The smallest model the space allows, once per bit-width (the fastest is one)."""
+        all_bits = sorted({b for choices in self.bits.values() for b in choices})
+        return [self.policy_from_params(
+            {**{PRUNE + g: max(rs) for g, rs in self.ratios.items()},
+             **{BITS + layer: b for layer in self.bits}}) for b in all_bits]

@@ -1,0 +1,13 @@
+"""Shared fixtures: every test gets its own cache, lock dir and MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMTUNE_LOCK_DIR", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
