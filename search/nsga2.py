@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from slimtune.result import TrialResult
-from slimtune.search.optuna_searcher import OptunaSearcher, latency_constraint
+from slimtune.search.optuna_searcher import OptunaSearcher
 
 
 class NSGA2Searcher(OptunaSearcher):
@@ -21,7 +21,7 @@ class NSGA2Searcher(OptunaSearcher):
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         population = min(50, max(4, self.trials // 4))
         return optuna.samplers.NSGAIISampler(
-            seed=self.seed, population_size=population, constraints_func=latency_constraint)
+            seed=self.seed, population_size=population)
 
     def values(self, result: TrialResult) -> list[float]:
         return [result.accuracy or 0.0, float(result.latency_ms or 0.0)]

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
 
-CONSTRAINT_ATTR = "constraint"
-
-
-def latency_constraint(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna constraint: ``latency - budget <= 0`` is feasible."""
-    return trial.user_attrs.get(CONSTRAINT_ATTR, [1.0])
+LATENCY_CONSTRAINT = "latency_over_budget_ms"  # feasible when <= 0
 
 
 class OptunaSearcher(Searcher):
     """Base for Optuna searchers; subclasses pick the sampler and the objectives.
 
-    The latency budget is passed to the sampler as a constraint, so an infeasible
-    policy is known as infeasible, not merely as a poor score.
+    The latency budget reaches the sampler as a trial constraint (``latency - budget``,
+    feasible when <= 0), so an infeasible policy is known as infeasible, not merely as a
+    poor score.
     """
 
     directions: tuple[str, ...] = ("maximize",)
@@ -59,6 +53,6 @@ class OptunaSearcher(Searcher):
         if result.state == "failed" or result.latency_ms is None:
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        violation = result.latency_ms - (result.budget_ms or float("inf"))
-        trial.set_user_attr(CONSTRAINT_ATTR, [violation])
+        trial.set_constraint(LATENCY_CONSTRAINT,
+                             result.latency_ms - (result.budget_ms or float("inf")))
         self.study.tell(trial, self.values(result))

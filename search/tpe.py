@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from slimtune.search.optuna_searcher import OptunaSearcher, latency_constraint
+from slimtune.search.optuna_searcher import OptunaSearcher
 
 
 class TPESearcher(OptunaSearcher):
@@ -18,4 +18,4 @@ class TPESearcher(OptunaSearcher):
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=self.seed, n_startup_trials=max(4, self.trials // 4),
-            multivariate=True, constraints_func=latency_constraint)
+            multivariate=True)

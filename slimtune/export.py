@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import logging
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +24,6 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
-    quant_pre_process,
     quantize_static,
 )
 from torch import nn
@@ -37,31 +34,43 @@ OUTPUT_NAME = "logits"
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: Single-input ops that may sit between a weight initializer and its Conv/Gemm/MatMul.
 _WEIGHT_PASSTHROUGH_OPS = ("Identity", "Transpose", "Reshape", "Cast", "DequantizeLinear")
+#: ORT graph optimizers every slimtune session disables. WeightBiasQuantization (level 1, on by
+#: default) silently turns an fp32 Conv/Gemm into a per-tensor int8 one whenever its input comes
+#: from a DequantizeLinear and its output leads to a QuantizeLinear, i.e. any layer left fp32
+#: between quantized neighbours; `nodes_to_exclude` alone therefore does not keep it fp32.
+#: Disabling it is harmless otherwise: `quantize_onnx` already quantizes int8 layers' weights.
+ORT_DISABLED_OPTIMIZERS = frozenset({"WeightBiasQuantization"})
 _CALIBRATION_BATCH = 32
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnxruntime", "root")
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnxruntime")
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence exporter/quantizer chatter: Python warnings, prints and library loggers."""
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    """Silence exporter/quantizer chatter (Python warnings, library loggers) for a moment.
+
+    The root logger gets a NullHandler meanwhile because ORT's quantizer logs through
+    `logging.warning`, which would otherwise install a permanent stderr handler on root.
+    """
+    root = logging.getLogger()
+    loggers = [root, *(logging.getLogger(name) for name in _NOISY_LOGGERS)]
     levels = [lg.level for lg in loggers]
+    null = logging.NullHandler()
+    root.addHandler(null)
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        root.removeHandler(null)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int = 18) -> Path:
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int = 18
+) -> Path:
     """Export `model` in eval mode to a self-contained ONNX file with a dynamic batch dim.
 
     `input_shape` excludes the batch dimension, e.g. (1, 28, 28). Uses the torch.export
@@ -100,9 +109,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, o
     return path
 
 
-def _weight_source(graph: onnx.GraphProto, tensor: str) -> str:
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _weight_source(producers: dict[str, onnx.NodeProto], tensor: str) -> str:
     """Follow `tensor` back through weight pass-through ops (Transpose, DequantizeLinear...)."""
-    producers = {out: node for node in graph.node for out in node.output}
     node = producers.get(tensor)
     while node is not None and node.op_type in _WEIGHT_PASSTHROUGH_OPS:
         tensor = node.input[0]
@@ -111,12 +123,15 @@ def _weight_source(graph: onnx.GraphProto, tensor: str) -> str:
 
 
 def _name_scope(node: onnx.NodeProto) -> str | None:
-    """Innermost torch module name recorded by the dynamo exporter, e.g. "layer1.0.conv1"."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = ast.literal_eval(prop.value)  # repr of a list of str; [-1] is the op
-            return str(scopes[-2]) if isinstance(scopes, list) and len(scopes) >= 2 else None
-    return None
+    """Innermost torch module recorded by the dynamo exporter, e.g. "layer1.0.conv1".
+
+    None for nodes the exporter's optimizer fused a BatchNorm into: their scope is the BN's.
+    """
+    props = {p.key: p.value for p in node.metadata_props}
+    if "BatchNorm" in props.get("pkg.onnxscript.rewriter.rule_name", ""):
+        return None
+    scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))  # [..., op]
+    return str(scopes[-2]) if len(scopes) >= 2 else None
 
 
 def onnx_node_for_layer(onnx_model: onnx.ModelProto, layer_name: str) -> str | None:
@@ -124,17 +139,120 @@ def onnx_node_for_layer(onnx_model: onnx.ModelProto, layer_name: str) -> str | N
 
     Primary key: the weight initializer "<layer_name>.weight" (or its "_quantized" form in a
     QDQ model) feeding the node; it survives BatchNorm folding, whereas the node's name-scope
-    metadata then points at the BatchNorm. The name-scope metadata is the fallback for nodes
-    whose weight is not a named initializer.
+    metadata then points at the BatchNorm. The name-scope metadata is the fallback for
+    BN-free nodes whose weight is computed (e.g. a parametrization), which the exporter
+    constant-folds into an anonymous initializer. A BN-fused conv with a computed weight (e.g.
+    an unremoved `torch.nn.utils.prune` mask) cannot be identified and gives None.
     """
     graph = onnx_model.graph
+    producers = _producers(graph)
     weight = f"{layer_name}.weight"
     candidates = [n for n in graph.node if n.op_type in WEIGHT_OPS and len(n.input) >= 2]
     for node in candidates:
-        source = _weight_source(graph, node.input[1])
-        if source in (weight, f"{weight}_quantized"):
+        if _weight_source(producers, node.input[1]) in (weight, f"{weight}_quantized"):
             return node.name
     for node in candidates:
         if _name_scope(node) == layer_name:
             return node.name
     return None
+
+
+class _BatchReader(CalibrationDataReader):
+    """Feeds the calibration examples to ORT's calibrator in mini-batches."""
+
+    def __init__(self, examples: np.ndarray, batch_size: int = _CALIBRATION_BATCH) -> None:
+        self._batches = iter(
+            [
+                {INPUT_NAME: examples[i : i + batch_size]}
+                for i in range(0, len(examples), batch_size)
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _as_float32(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def quantize_onnx(
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    int8_layers: Sequence[str],
+    calibration: np.ndarray | torch.Tensor,
+    per_channel: bool = True,
+) -> Path:
+    """Statically quantize the Conv/Gemm/MatMul nodes of `int8_layers` to int8, the rest fp32.
+
+    ORT QDQ format with QUInt8 activations, QInt8 weights and `reduce_range=True` (7-bit
+    weights: no accumulator saturation on x86 CPUs without VNNI), calibrated with MinMax on
+    `calibration` (a batch of training inputs, batch dim first). Glue ops (Add, Relu, pooling)
+    are quantized too, so an all-int8 model runs as QLinearConv/QLinearAdd chains; the weight
+    nodes of every other layer are excluded. Run the result with `onnx_session`: a default ORT
+    session re-quantizes excluded layers that sit between quantized tensors (see
+    `ORT_DISABLED_OPTIMIZERS`).
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not int8_layers:
+        shutil.copyfile(fp32_path, out_path)
+        return out_path
+    model = onnx.load(str(fp32_path))
+    int8_nodes = set()
+    for layer in int8_layers:
+        node = onnx_node_for_layer(model, layer)
+        if node is None:
+            raise ValueError(f"no Conv/Gemm/MatMul node for layer {layer!r} in {fp32_path}")
+        int8_nodes.add(node)
+    fp32_nodes = {
+        n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and n.name not in int8_nodes
+    }
+    with _quiet():
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            _BatchReader(_as_float32(calibration)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(fp32_nodes),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return out_path
+
+
+def onnx_session(path: Path, *, threads: int) -> ort.InferenceSession:
+    """A CPU session pinned to `threads` intra-op threads, sequential, fully optimized, quiet.
+
+    Also disables `ORT_DISABLED_OPTIMIZERS`, so fp32 layers of a mixed model stay fp32.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        str(path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=set(ORT_DISABLED_OPTIMIZERS),
+    )
+
+
+def onnx_predict(
+    session: ort.InferenceSession, x: np.ndarray | torch.Tensor, batch_size: int = 256
+) -> np.ndarray:
+    """Logits for all of `x` (a whole split), run in batches of `batch_size`."""
+    data = _as_float32(x)
+    return np.concatenate(
+        [
+            session.run([OUTPUT_NAME], {INPUT_NAME: data[i : i + batch_size]})[0]
+            for i in range(0, len(data), batch_size)
+        ]
+    )

@@ -64,7 +64,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits)
+    space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
+                                   round_to=spec.space.round_to)
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     with tempfile.TemporaryDirectory(prefix="slimtune-preflight-") as tmp:
@@ -156,7 +157,6 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                                  trials=spec.search.trials)
         results: list[TrialResult] = []
         runs: dict[int, str] = {}
-        progress = Progress(spec.search.trials, budget)
 
         def on_suggest(number: int, policy: Policy) -> None:
             params = prep.space.params_from_policy(policy)
@@ -173,6 +173,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
 
         _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
         start_ray(address, verbose=verbose)
+        progress = Progress(spec.search.trials, budget)
         try:
             run_search(ctx, searcher, trials=spec.search.trials,
                        concurrency=spec.search.concurrency,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slimtune.job import JobOutcome
-from slimtune.tracking import ui_command
+from slimtune.tracking import absolute_uri, ui_command
 
 
 def front_table(outcome: JobOutcome) -> str:
@@ -37,5 +37,6 @@ def print_summary(outcome: JobOutcome) -> None:
     else:
         print("best model: none (no trial met the budget)")
     print(f"trials:     {out / 'trials.jsonl'}")
-    print(f"MLflow:     {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    print(f"MLflow:     {absolute_uri(outcome.tracking_uri)}  (experiment run "
+          f"{outcome.parent_run_id})")
     print(f"MLflow UI:  {ui_command(outcome.tracking_uri)}")

@@ -16,6 +16,8 @@ _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401 - configures its loggers on import; quiet them afterwards
+
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -25,6 +27,12 @@ def sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve()
     return None
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///rel.db`` made absolute, so the printed URI works from any directory."""
+    db = sqlite_path(uri)
+    return f"sqlite:///{db}" if db is not None else uri
 
 
 def ui_command(uri: str) -> str:

@@ -20,7 +20,12 @@ import torch
 from torch import nn
 
 from slimtune.baseline import build_model
-from slimtune.compress import count_macs_params, fake_quantize, packed_size_bytes, prune_structure
+from slimtune.compress import (
+    count_macs_params,
+    packed_size_bytes,
+    prune_structure,
+    quantize_weights,
+)
 from slimtune.data import Dataset
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock, measure_model
@@ -129,7 +134,7 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
         train(model, ctx.data.train, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr,
               seed=spec.search.seed + trial_id, teacher=teacher if ft.distill else None,
               temperature=ft.temperature, alpha=ft.alpha)
-        fake_quantize(model, policy, include_8bit=spec.target.runtime == "torch")
+        quantize_weights(model, ctx.table, policy, include_8bit=spec.target.runtime == "torch")
         deployed = deploy(ctx, model, policy, out / "model.onnx")
     latency = measure(ctx, deployed)
     with machine_lock("shared"):

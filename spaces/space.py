@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
+from slimtune.compress import kept_channels
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 
@@ -23,9 +24,10 @@ BITS = "bits."
 class SearchSpace:
     """Choices per group and per layer, for one LayerTable.
 
-    ``ratios[group]`` lists the prune ratios allowed for that group (those that keep at
-    least its minimum channel count); ``bits[layer]`` the bit-widths allowed for that
-    layer.
+    ``ratios[group]`` lists the prune ratios allowed for that group: one ratio per
+    distinct number of channels kept after rounding to ``round_to``, so a searcher never
+    spends trials on choices that build the same model. ``bits[layer]`` lists the
+    bit-widths allowed for that layer.
     """
 
     table: LayerTable
@@ -34,12 +36,16 @@ class SearchSpace:
 
     @classmethod
     def from_table(
-        cls, table: LayerTable, prune_ratios: tuple[float, ...], bits: tuple[int, ...]
+        cls, table: LayerTable, prune_ratios: tuple[float, ...], bits: tuple[int, ...],
+        *, round_to: int = 1,
     ) -> SearchSpace:
         ratios = {}
         for group in table.groups:
+            kept = {r: kept_channels(group.channels, r, min_channels=group.min_channels,
+                                     round_to=round_to) for r in prune_ratios}
+            # ratios that round to the same channel count are one choice, not several
             allowed = tuple(r for r in prune_ratios
-                            if round(group.channels * (1 - r)) >= group.min_channels)
+                            if r == min(q for q in prune_ratios if kept[q] == kept[r]))
             ratios[group.name] = allowed or (0.0,)
         return cls(table=table, ratios=ratios,
                    bits={layer.name: tuple(bits) for layer in table.layers})

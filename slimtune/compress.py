@@ -1,0 +1,202 @@
+"""Apply a Policy to a model for real: remove channels, then fake-quantize weights.
+
+Channel removal is structural (torch-pruning shrinks the weight tensors of every layer
+coupled to a group), so params, MACs and the saved state_dict really drop. Which
+channels go is decided by group L2-magnitude importance on the unpruned weights, so the
+choice does not depend on the order groups are pruned in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from itertools import chain
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from slimtune.errors import UserInputError
+from slimtune.layers import LayerTable, count_macs_params, dependency_graph, eval_mode
+from slimtune.layers import example_input as random_example
+from slimtune.policy import FLOAT_BITS, Policy
+
+__all__ = ["PolicyError", "apply_policy", "check_policy", "count_macs_params", "fake_quantize",
+           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels"]
+
+
+class PolicyError(UserInputError):
+    """The policy does not fit the model: another model's signature, or an unknown name.
+
+    A ValueError (via UserInputError), so the CLI prints it as one line and exits 2.
+    """
+
+
+def check_policy(table: LayerTable, policy: Policy) -> None:
+    """Raise PolicyError unless every key of ``policy`` names a group/layer of ``table``."""
+    if policy.model_signature and policy.model_signature != table.signature():
+        raise PolicyError(f"policy was made for model {policy.model_signature}, "
+                          f"this model is {table.signature()}")
+    unknown = sorted(set(policy.prune) - {g.name for g in table.groups})
+    if unknown:
+        raise PolicyError(f"policy prunes unknown channel groups: {', '.join(unknown)}")
+    unknown = sorted(set(policy.bits) - {li.name for li in table.layers})
+    if unknown:
+        raise PolicyError(f"policy sets bits of unknown layers: {', '.join(unknown)}")
+
+
+def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
+    """Channels a group keeps at ``ratio``: rounded to ``round_to``, never below the minimum."""
+    return min(max(min_channels, 1, round(channels * (1.0 - ratio) / round_to) * round_to),
+               channels)
+
+
+def _layers(model: nn.Module, table: LayerTable) -> dict[str, nn.Module]:
+    """The table's layers in ``model``; PolicyError if the model is not the table's."""
+    modules = dict(model.named_modules())
+    found = {}
+    for info in table.layers:
+        m = modules.get(info.name)
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            raise PolicyError(f"model has no conv/linear layer {info.name!r}: "
+                              "the layer table was built from another model")
+        found[info.name] = m
+    return found
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _prune_fn(module: nn.Module) -> Callable[..., nn.Module]:
+    return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) \
+        else tp.prune_linear_out_channels
+
+
+def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTable,
+          policy: Policy, round_to: int) -> dict[str, list[int]]:
+    """Per group with a ratio > 0, the root-layer channel indices to remove (least L2 first)."""
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    plan = {}
+    for group in table.groups:
+        ratio = policy.ratio(group.name)
+        if ratio <= 0:
+            continue
+        root = layers[group.name]
+        channels = _out_channels(root)
+        if channels != group.channels:
+            raise PolicyError(f"layer {group.name!r} has {channels} output channels, the "
+                              f"table says {group.channels}: is this model already pruned?")
+        n_remove = channels - kept_channels(channels, ratio, min_channels=group.min_channels,
+                                            round_to=round_to)
+        if n_remove == 0:
+            continue
+        full = dg.get_pruning_group(root, _prune_fn(root), list(range(channels)))
+        order = torch.argsort(importance(full).cpu(), stable=True)
+        plan[group.name] = sorted(order[:n_remove].tolist())
+    return plan
+
+
+def _example(model: nn.Module, table: LayerTable, given: torch.Tensor | None) -> torch.Tensor:
+    return given if given is not None else random_example(model, table.input_shape)
+
+
+def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
+                     example_input: torch.Tensor | None = None) -> dict[str, list[int]]:
+    """Which output channels of each group's root layer ``apply_policy`` removes.
+
+    Indices are the same for every layer of a group (residual adds and depthwise convs
+    share channel positions). Groups with nothing removed are left out.
+    """
+    check_policy(table, policy)
+    with eval_mode(model):
+        dg = dependency_graph(model, _example(model, table, example_input))
+    return _plan(dg, _layers(model, table), table, policy, round_to)
+
+
+def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
+                    example_input: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with the policy's channels removed; weights not quantized.
+
+    Also rebuilds a pruned architecture, to ``load_state_dict`` saved pruned weights into.
+    """
+    check_policy(table, policy)
+    pruned = copy.deepcopy(model)
+    layers = _layers(pruned, table)
+    with eval_mode(pruned):
+        dg = dependency_graph(pruned, _example(pruned, table, example_input))
+        plan = _plan(dg, layers, table, policy, round_to)
+        # All indices were chosen on the unpruned weights. Each group owns its output
+        # channels, so pruning one group leaves the others' root indices valid; the graph
+        # re-derives concat/split offsets from current shapes in get_pruning_group.
+        for name, idxs in plan.items():
+            root = layers[name]
+            dg.get_pruning_group(root, _prune_fn(root), idxs).prune()
+    return pruned
+
+
+def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``weight`` rounded to a symmetric per-output-channel grid of ``bits`` bits.
+
+    scale = max|w| / (2**(bits-1) - 1) per output channel (dim 0); all-zero rows stay 0.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    scale = flat.abs().amax(dim=1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale).reshape(weight.shape)
+
+
+def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
+                 example_input: torch.Tensor | None = None,
+                 fake_quant_8bit: bool = False) -> nn.Module:
+    """A compressed copy of ``model``; the argument is never changed.
+
+    Channels are removed as in :func:`prune_structure`. Then every layer below 32 bits
+    gets its weight fake-quantized in place, except 8-bit layers unless
+    ``fake_quant_8bit`` (they run as real int8 later in ONNX Runtime; set it for a
+    torch-only target).
+    """
+    pruned = prune_structure(model, table, policy, round_to=round_to,
+                             example_input=example_input)
+    return quantize_weights(pruned, table, policy, include_8bit=fake_quant_8bit)
+
+
+def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
+                     include_8bit: bool = False) -> nn.Module:
+    """Fake-quantize, in place, the weights of every layer the policy puts below 32 bits.
+
+    8-bit layers are skipped unless ``include_8bit``: they run as real int8 in ONNX
+    Runtime, calibrated there. Returns ``model``.
+    """
+    layers = _layers(model, table)
+    with torch.no_grad():
+        for name, bits in policy.bits.items():
+            if bits >= FLOAT_BITS or (bits == 8 and not include_8bit):
+                continue
+            weight = layers[name].weight
+            weight.copy_(fake_quantize(weight, bits))
+    return model
+
+
+def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> int:
+    """Exact bytes of ``model``'s parameters and buffers stored packed.
+
+    A layer's weight at b < 32 bits takes ceil(numel * b / 8) bytes plus one float32
+    scale per output channel (4 * out_channels). Every other tensor (biases, BN
+    parameters and running stats, fp32 weights) takes 4 bytes per element. ``model`` may
+    be pruned: sizes are read from its actual tensors.
+    """
+    check_policy(table, policy)
+    layers = _layers(model, table)
+    packed = {id(layers[name].weight): bits for name, bits in policy.bits.items()
+              if bits < FLOAT_BITS}
+    total = 0
+    for t in chain(model.parameters(), model.buffers()):
+        bits = packed.get(id(t))
+        if bits is None:
+            total += 4 * t.numel()
+        else:
+            total += math.ceil(t.numel() * bits / 8) + 4 * t.shape[0]
+    return total

@@ -1,0 +1,244 @@
+"""LayerTable: what the search sees of a model.
+
+One row per conv/linear layer (shape, cost, depth) and one entry per prunable channel
+group: the channels torch-pruning's dependency graph says must be removed together
+(a residual stage, an expansion conv with its depthwise conv). Names are the model's
+module names, so a table, and a Policy keyed by it, stays readable and comparable.
+
+Cost accounting: ``LayerInfo.macs`` counts the multiply-accumulates of the layer's
+weight only (conv: out_h*out_w*out_c*in_c/groups*k_h*k_w; linear: in*out per position).
+``LayerTable.macs``/``params`` are ``tp.utils.count_ops_and_params`` totals (which also
+count BN, activations, pooling and bias adds), the same count :func:`count_macs_params`
+gives for a pruned model, so the two are directly comparable. The sum of the layers'
+MACs is therefore a little below ``LayerTable.macs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One conv or linear layer of the original model."""
+
+    name: str
+    kind: str  # "conv" | "depthwise" | "linear"
+    index: int  # position in execution order
+    depth: float  # index / (n_layers - 1)
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_hw: tuple[int, int]  # input feature-map size, (1, 1) for linear
+    macs: int
+    params: int
+    group: str | None  # channel group owning the output channels; None: not prunable
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together, named after their first layer."""
+
+    name: str
+    channels: int
+    layers: tuple[str, ...]  # layers whose output channels are these channels
+    min_channels: int
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """The layers and channel groups of one model at one input shape."""
+
+    layers: tuple[LayerInfo, ...]
+    groups: tuple[ChannelGroup, ...]
+    input_shape: tuple[int, ...]  # (C, H, W) of one example
+    macs: int
+    params: int
+
+    def signature(self) -> str:
+        """A short hash of the structure, so a policy can name the model it was made for."""
+        features = {
+            "input_shape": list(self.input_shape),
+            "layers": [[li.name, li.kind, li.in_channels, li.out_channels, li.kernel,
+                        li.stride, li.groups, list(li.in_hw)] for li in self.layers],
+            "groups": [[g.name, g.channels, list(g.layers)] for g in self.groups],
+        }
+        return hashlib.sha1(json.dumps(features).encode()).hexdigest()[:12]
+
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(f"no layer named {name!r}")
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no channel group named {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerTable:
+        layers = tuple(LayerInfo(**{**d, "in_hw": tuple(d["in_hw"])}) for d in data["layers"])
+        groups = tuple(ChannelGroup(**{**d, "layers": tuple(d["layers"])})
+                       for d in data["groups"])
+        return cls(layers=layers, groups=groups, input_shape=tuple(data["input_shape"]),
+                   macs=int(data["macs"]), params=int(data["params"]))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block in eval mode, then restore every module's own training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """A random batch of one, on the model's device."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.randn(1, *input_shape, device=device)
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph (tracing needs autograd, so grad is forced on)."""
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                     verbose=False)
+
+
+def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """MACs and parameter count of one example, by ``tp.utils.count_ops_and_params``."""
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_input(model, input_shape))
+    return int(macs), int(params)
+
+
+@dataclass
+class _Record:
+    """What the forward hooks saw of one layer."""
+
+    index: int
+    in_hw: tuple[int, int]
+    macs: int = 0
+    output: torch.Tensor | None = None
+
+
+def _trace_layers(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Module, _Record],
+                                                                    set[nn.Module]]:
+    """Execution order, input size and MACs of every conv/linear layer, and the layers
+    whose output is a model output (changing their channels would change the output)."""
+    records: dict[nn.Module, _Record] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if module not in records:
+            hw = tuple(inputs[0].shape[-2:]) if isinstance(module, nn.Conv2d) else (1, 1)
+            records[module] = _Record(index=len(records), in_hw=(int(hw[0]), int(hw[1])))
+        rec = records[module]
+        out_channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
+        rec.macs += module.weight.numel() * (output[0].numel() // out_channels)
+        rec.output = output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, LAYER_TYPES)]
+    try:
+        with torch.no_grad():
+            outputs = tp.utils.flatten_as_list(model(example))
+    finally:
+        for h in handles:
+            h.remove()
+    output_layers = {m for m, rec in records.items() if any(rec.output is o for o in outputs)}
+    for rec in records.values():
+        rec.output = None
+    return records, output_layers
+
+
+def _layer_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if module.groups == module.in_channels == module.out_channels > 1:
+        return "depthwise"
+    return "conv"
+
+
+def _channel_groups(dg: tp.DependencyGraph, records: Mapping[nn.Module, _Record],
+                    output_layers: set[nn.Module]) -> list[list[nn.Module]]:
+    """The prunable groups, each as its conv/linear layers in execution order.
+
+    A group is left out when it reaches the model output, directly (the classifier) or
+    through shape-keeping ops (a conv followed by global pooling as the last op).
+    """
+    found = []
+    for group in dg.get_all_groups(ignored_layers=list(output_layers),
+                                   root_module_types=list(LAYER_TYPES)):
+        if any(isinstance(dep.target.module, tp.ops._OutputOp) for dep, _ in group):
+            continue
+        members = {dep.target.module for dep, _ in group
+                   if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in records}
+        if members:
+            found.append(sorted(members, key=lambda m: records[m].index))
+    return sorted(found, key=lambda ms: records[ms[0]].index)
+
+
+def build_layer_table(model: nn.Module, input_shape: tuple[int, ...], *,
+                      round_to: int = 1) -> LayerTable:
+    """Trace ``model`` on one random example and tabulate its layers and channel groups.
+
+    The model is run in eval mode and its training flags are restored afterwards.
+    ``round_to`` sets each group's ``min_channels`` (never pruned below one multiple).
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    example = example_input(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    with eval_mode(model):
+        records, output_layers = _trace_layers(model, example)
+        member_lists = _channel_groups(dependency_graph(model, example), records, output_layers)
+    macs, params = count_macs_params(model, input_shape)
+
+    groups = []
+    owner: dict[nn.Module, str] = {}
+    for members in member_lists:
+        root = members[0]
+        channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        groups.append(ChannelGroup(name=names[root], channels=channels,
+                                   layers=tuple(names[m] for m in members),
+                                   min_channels=min(max(round_to, 1), channels)))
+        owner.update((m, names[root]) for m in members)
+
+    ordered = sorted(records, key=lambda m: records[m].index)
+    last = max(len(ordered) - 1, 1)
+    layers = []
+    for m in ordered:
+        rec = records[m]
+        conv = isinstance(m, nn.Conv2d)
+        layers.append(LayerInfo(
+            name=names[m], kind=_layer_kind(m), index=rec.index, depth=rec.index / last,
+            in_channels=m.in_channels if conv else m.in_features,
+            out_channels=m.out_channels if conv else m.out_features,
+            kernel=m.kernel_size[0] if conv else 1, stride=m.stride[0] if conv else 1,
+            groups=m.groups if conv else 1, in_hw=rec.in_hw, macs=rec.macs,
+            params=sum(p.numel() for p in m.parameters(recurse=False)),
+            group=owner.get(m)))
+    return LayerTable(layers=tuple(layers), groups=tuple(groups), input_shape=input_shape,
+                      macs=macs, params=params)

@@ -1,0 +1,57 @@
+"""run_trial on a tiny model: feasible, infeasible (never fine-tuned) and failing policies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimtune.data import load_dataset
+from slimtune.latency import MeasureProtocol
+from slimtune.layers import build_layer_table
+from slimtune.models import build_builtin
+from slimtune.outputs import load_compressed
+from slimtune.policy import Policy
+from slimtune.spec import parse_spec
+from slimtune.trial import TrialContext, run_trial
+from tests.jobs import tiny_job
+
+FAST = MeasureProtocol(warmup=5, rounds=3, repeats=20)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> TrialContext:
+    tmp = tmp_path_factory.mktemp("trial")
+    spec = parse_spec(tiny_job(tmp))
+    data = load_dataset("synthetic", train_size=None, val_size=None, test_size=None, seed=0)
+    model = build_builtin("tiny_resnet", 10, 1)
+    table = build_layer_table(model, data.input_shape, round_to=1)
+    return TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
+                        budget_ms=100.0, trials_dir=tmp / "trials", protocol=FAST)
+
+
+def test_feasible_trial_is_measured_evaluated_and_saved(ctx):
+    group = ctx.table.groups[0].name
+    policy = Policy(prune={group: 0.5}, bits={ctx.table.layers[0].name: 8})
+    result = run_trial(ctx, 7, policy, "test")
+    assert result.state == "ok", result.error
+    assert 0 <= result.accuracy <= 1 and 0 <= result.test_accuracy <= 1
+    assert result.latency_ms == result.latency["median_ms"] > 0
+    assert result.macs < ctx.table.macs and result.params < ctx.table.params
+    saved = ctx.trials_dir / "7"
+    assert Policy.load(saved / "policy.json") == policy
+    model = load_compressed(saved / "model.pt")
+    assert model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+
+
+def test_over_budget_stops_before_fine_tuning(ctx):
+    tight = TrialContext(**{**ctx.__dict__, "budget_ms": 1e-9})
+    result = run_trial(tight, 8, Policy(), "test")
+    assert result.state == "infeasible" and not result.feasible
+    assert result.accuracy is None and result.latency_ms > tight.budget_ms
+    assert not (ctx.trials_dir / "8").exists()
+
+
+def test_an_error_inside_fails_the_trial_not_the_caller(ctx):
+    result = run_trial(ctx, 9, Policy(prune={"no.such.group": 0.5}), "test")
+    assert result.state == "failed"
+    assert "no.such.group" in result.error
