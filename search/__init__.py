@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from slimtune.policy import Policy
 from slimtune.search.base import Searcher
 from slimtune.search.nsga2 import NSGA2Searcher
+from slimtune.search.optuna_searcher import OptunaSearcher
 from slimtune.search.random_search import RandomSearcher
 from slimtune.search.tpe import TPESearcher
 from slimtune.search.uniform import UniformSearcher
@@ -14,9 +16,26 @@ SEARCHERS: dict[str, type[Searcher]] = {
 }
 
 
-def make_searcher(name: str, space: SearchSpace, *, seed: int, trials: int) -> Searcher:
-    """The searcher registered under ``name``."""
-    return SEARCHERS[name](space, seed=seed, trials=trials)
+def make_searcher(name: str, space: SearchSpace, *, seed: int, trials: int,
+                  warm_start: str = "none") -> Searcher:
+    """The searcher registered under ``name``, warm-started if asked and supported."""
+    searcher = SEARCHERS[name](space, seed=seed, trials=trials)
+    if warm_start == "uniform" and isinstance(searcher, OptunaSearcher):
+        for policy in uniform_anchors(space):
+            searcher.enqueue(policy)
+    return searcher
+
+
+def uniform_anchors(space: SearchSpace) -> list[Policy]:
+    """Uniform policies that are usually feasible and strong: int8 unpruned, fp32 half."""
+    bits = {b for choices in space.bits.values() for b in choices}
+    ratios = sorted({r for choices in space.ratios.values() for r in choices})
+    anchors = []
+    if 8 in bits:
+        anchors.append(space.uniform(0.0, 8))
+    half = min(ratios, key=lambda r: abs(r - 0.5))
+    anchors.append(space.uniform(half, max(bits)))
+    return anchors
 
 
 __all__ = ["SEARCHERS", "Searcher", "make_searcher"]

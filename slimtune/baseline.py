@@ -51,7 +51,7 @@ def baseline_key(spec: JobSpec) -> str:
     """Hash of everything that determines the trained baseline's weights."""
     recipe = {"model": spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"}),
               "data": spec.data.model_dump(mode="json"), "baseline": spec.baseline.model_dump(),
-              "seed": spec.search.seed, "version": RECIPE_VERSION}
+              "version": RECIPE_VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,7 +73,7 @@ def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     from slimtune.train import train
 
     train(model, data.train, steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
-          weight_decay=recipe.weight_decay, seed=spec.search.seed)
+          weight_decay=recipe.weight_decay, seed=recipe.seed)
     seconds = time.perf_counter() - start
     _save_atomic(model.state_dict(), path)
     return Baseline(model.eval(), "trained", key, seconds)

@@ -116,13 +116,15 @@ class JobOutcome:
     tracking_uri: str
     parent_run_id: str
     wall_seconds: float
-    trial_seconds: float
+    search_seconds: float  # Ray start to Ray shutdown
+    trial_seconds: float  # the sum of the trials' own time inside their workers
 
 
 def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: str | None = None,
             verbose: bool = False, protocol: MeasureProtocol | None = None) -> JobOutcome:
     """Run a whole job; see the module docstring."""
     start = time.perf_counter()
+    out_dir = out_dir.resolve()  # Ray workers run in directories of their own
     protocol = protocol or MeasureProtocol()
     prep = preflight(spec, protocol)
     prepare_out_dir(out_dir, overwrite=overwrite)
@@ -154,7 +156,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         from slimtune.search.tune import run_search, start_ray, stop_ray
 
         searcher = make_searcher(spec.search.searcher, prep.space, seed=spec.search.seed,
-                                 trials=spec.search.trials)
+                                 trials=spec.search.trials, warm_start=spec.search.warm_start)
         results: list[TrialResult] = []
         runs: dict[int, str] = {}
 
@@ -172,6 +174,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
             progress.update(results)
 
         _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
+        search_start = time.perf_counter()
         start_ray(address, verbose=verbose)
         progress = Progress(spec.search.trials, budget)
         try:
@@ -180,8 +183,10 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                        on_suggest=on_suggest, on_complete=on_complete)
         finally:
             stop_ray()
+        search_seconds = time.perf_counter() - search_start
         progress.close()
-        outcome = _finish(spec, out_dir, tracker, results, base_info, budget, start)
+        outcome = _finish(spec, out_dir, tracker, results, base_info, budget, start,
+                          search_seconds)
         tracker.end(parent, "FINISHED")
         return outcome
     except KeyboardInterrupt:
@@ -215,7 +220,7 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
 
 
 def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],
-            base: dict, budget: float, start: float) -> JobOutcome:
+            base: dict, budget: float, start: float, search_seconds: float) -> JobOutcome:
     front = pareto_front(results)
     best = best_feasible(results)
     hv = normalized_hypervolume(front, budget_ms=budget, baseline_size_bytes=base["size_bytes"])
@@ -232,7 +237,9 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
     parent = tracker.parent_id
     assert parent is not None
     feasible = [r for r in results if r.feasible]
+    trial_seconds = sum(r.seconds for r in results)
     tracker.log(parent, metrics={
+        "search_seconds": search_seconds, "trial_seconds_sum": trial_seconds,
         "hypervolume": hv, "front_size": len(front), "trials_feasible": len(feasible),
         "trials_failed": sum(r.state == "failed" for r in results),
         **({"best_accuracy": best.accuracy or 0.0, "best_test_accuracy": best.test_accuracy or 0.0,
@@ -245,7 +252,7 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
         tracker.log_artifacts(parent, sorted((out_dir / "best").iterdir()), subdir="best")
     wall = time.perf_counter() - start
     return JobOutcome(out_dir, results, front, best, base, budget, hv, spec.tracking_uri,
-                      parent, wall, sum(r.seconds for r in results))
+                      parent, wall, search_seconds, trial_seconds)
 
 
 def _flat_params(spec: JobSpec) -> dict[str, str]:

@@ -82,12 +82,18 @@ class TargetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """Which searcher, how many trials, and how many run at once."""
+    """Which searcher, how many trials, and how many run at once.
+
+    ``warm_start: uniform`` makes an Optuna searcher evaluate two uniform policies first
+    (all layers int8 and unpruned; half the channels, fp32), so a short search starts
+    from known feasible ground instead of random guesses.
+    """
 
     searcher: Literal["tpe", "nsga2", "random", "uniform"] = "tpe"
     trials: int = Field(default=16, ge=1)
     seed: int = 0
     concurrency: int = Field(default=1, ge=1)
+    warm_start: Literal["none", "uniform"] = "none"
 
 
 class SpaceSpec(_Strict):
@@ -113,12 +119,17 @@ class SpaceSpec(_Strict):
 
 
 class BaselineSpec(_Strict):
-    """How the baseline is trained when no weights are given (part of its cache key)."""
+    """How the baseline is trained when no weights are given (part of its cache key).
+
+    ``seed`` also fixes the data subsets, so searches with different seeds share one
+    baseline and one validation split.
+    """
 
     epochs: float = Field(default=2.0, gt=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.05, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
+    seed: int = 0
 
 
 class FinetuneSpec(_Strict):

@@ -30,7 +30,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
     check_dataset(spec.data.dataset)
     d = spec.data
     data = load_dataset(d.dataset, train_size=d.train_size, val_size=d.val_size,
-                        test_size=d.test_size, seed=spec.search.seed)
+                        test_size=d.test_size, seed=spec.baseline.seed)
     model = build_model(spec.model, num_classes=data.num_classes,
                         in_channels=data.input_shape[0])
     if spec.model.weights is not None:

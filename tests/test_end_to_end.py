@@ -19,10 +19,11 @@ CONTRACT_KEYS = {"trial_id", "policy", "accuracy", "latency_ms", "size_bytes", "
                  "params", "feasible", "mlflow_run_id"}
 
 
-def test_tiny_job_end_to_end(tmp_path, capsys):
+def test_tiny_job_end_to_end(tmp_path, capsys, monkeypatch):
     job = write_job(tmp_path, search={"searcher": "tpe", "trials": 4, "seed": 0})
     out = tmp_path / "out"
-    assert main(["run", str(job), "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --out must work although Ray workers chdir
+    assert main(["run", str(job), "--out", "out"]) == 0
     printed = capsys.readouterr().out
     assert "Pareto front" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
 
