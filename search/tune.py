@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from ray.tune.search import Searcher as TuneSearcher
+
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.search.base import Searcher
@@ -55,40 +57,52 @@ def _trainable(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
     return {"trial_json": json.dumps(result.to_dict()), "accuracy": result.accuracy or 0.0}
 
 
-def _tune_searcher(searcher: Searcher, trials: int, on_suggest: OnSuggest,
-                   on_complete: OnComplete):
-    from ray.tune.search import Searcher as TuneSearcher
+class AskTellAdapter(TuneSearcher):
+    """Presents an ask/tell Searcher to Ray Tune; it lives in the driver only."""
 
-    class AskTellAdapter(TuneSearcher):
-        """Presents an ask/tell Searcher to Ray Tune."""
+    _DRIVER_ONLY = ("_asktell", "on_suggest", "on_complete", "_live")
 
-        def __init__(self) -> None:
-            super().__init__(metric="accuracy", mode="max")
-            self._suggested = 0
-            self._live: dict[str, tuple[int, Policy]] = {}
+    def __init__(self, searcher: Searcher, trials: int, on_suggest: OnSuggest,
+                 on_complete: OnComplete) -> None:
+        super().__init__(metric="accuracy", mode="max")
+        # not ``self.searcher``: Ray Tune reads that name as a wrapped Tune searcher
+        self._asktell, self.trials = searcher, trials
+        self.on_suggest, self.on_complete = on_suggest, on_complete
+        self._suggested = 0
+        self._live: dict[str, tuple[int, Policy]] = {}
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            if self._suggested >= trials:
-                return TuneSearcher.FINISHED
-            number, policy = self._suggested, searcher.ask()
-            self._suggested += 1
-            self._live[trial_id] = (number, policy)
-            on_suggest(number, policy)
-            return {"trial_id": number, "policy": policy.to_dict(), "searcher": searcher.name}
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles the search algorithm into its experiment state; the searcher
+        # and the callbacks (MLflow client, terminal) are not picklable and stay out.
+        return {k: v for k, v in self.__dict__.items() if k not in self._DRIVER_ONLY}
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                              error: bool = False) -> None:
-            number, policy = self._live.pop(trial_id)
-            if error or not result or "trial_json" not in result:
-                outcome = TrialResult(trial_id=number, policy=policy, state="failed",
-                                      searcher=searcher.name,
-                                      error="the Ray worker running this trial failed")
-            else:
-                outcome = TrialResult.from_dict(json.loads(result["trial_json"]))
-            searcher.tell(policy, outcome)
-            on_complete(outcome)
+    def get_state(self) -> dict[str, Any]:
+        """What Ray Tune checkpoints: only the count (a resumed job re-asks the searcher)."""
+        return {"suggested": self._suggested}
 
-    return AskTellAdapter()
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._suggested = int(state["suggested"])
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._suggested >= self.trials:
+            return TuneSearcher.FINISHED
+        number, policy = self._suggested, self._asktell.ask()
+        self._suggested += 1
+        self._live[trial_id] = (number, policy)
+        self.on_suggest(number, policy)
+        return {"trial_id": number, "policy": policy.to_dict(), "searcher": self._asktell.name}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        number, policy = self._live.pop(trial_id)
+        if error or not result or "trial_json" not in result:
+            outcome = TrialResult(trial_id=number, policy=policy, state="failed",
+                                  searcher=self._asktell.name,
+                                  error="the Ray worker running this trial failed")
+        else:
+            outcome = TrialResult.from_dict(json.loads(result["trial_json"]))
+        self._asktell.tell(policy, outcome)
+        self.on_complete(outcome)
 
 
 def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrency: int,
@@ -103,7 +117,7 @@ def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrenc
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_tune_searcher(searcher, trials, on_suggest, on_complete),
+                search_alg=AskTellAdapter(searcher, trials, on_suggest, on_complete),
                 num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=ctx.spec.name, storage_path=storage, verbose=0,

@@ -91,15 +91,22 @@ def _measure_policy(ctx: TrialContext, model, policy: Policy, path: Path) -> flo
     return measure(ctx, deployed).median_ms
 
 
+def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to mix two jobs' outputs in one directory (checked before any compute)."""
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise UserInputError(f"output directory {out_dir} is not empty "
+                             "(choose another --out, or pass --overwrite)")
+    if not (out_dir / "trials.jsonl").exists() and not (out_dir / "job.yaml").exists():
+        raise UserInputError(f"--overwrite refused: {out_dir} is not a slimtune output "
+                             "directory")
+
+
 def prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to mix two jobs' outputs in one directory."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise UserInputError(f"output directory {out_dir} is not empty "
-                                 "(choose another --out, or pass --overwrite)")
-        if not (out_dir / "trials.jsonl").exists() and not (out_dir / "job.yaml").exists():
-            raise UserInputError(f"--overwrite refused: {out_dir} is not a slimtune output "
-                                 "directory")
+    """An empty output directory; an earlier job's outputs are removed if ``overwrite``."""
+    check_out_dir(out_dir, overwrite=overwrite)
+    if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -126,6 +133,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
     start = time.perf_counter()
     out_dir = out_dir.resolve()  # Ray workers run in directories of their own
     protocol = protocol or MeasureProtocol()
+    check_out_dir(out_dir, overwrite=overwrite)
     prep = preflight(spec, protocol)
     prepare_out_dir(out_dir, overwrite=overwrite)
     write_text_atomic(out_dir / "job.yaml", spec.to_yaml())

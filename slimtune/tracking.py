@@ -77,7 +77,10 @@ class Tracker:
             return found.experiment_id
         db = sqlite_path(self.uri)
         location = (db.parent / "mlartifacts" / name).as_uri() if db is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        # "custom_model_development" makes the MLflow 3 UI open the training-runs view
+        return self.client.create_experiment(
+            name, artifact_location=location,
+            tags={"mlflow.experimentKind": "custom_model_development"})
 
     def _create(self, name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
