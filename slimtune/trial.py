@@ -142,6 +142,8 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
         val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
         test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
     save_trial_model(out, model, policy, ctx)
+    if deployed.onnx_path is None:  # torch target: an fp32 ONNX export for deployment
+        export_onnx(model, ctx.data.input_shape, out / "model.onnx")
     feasible = latency.median_ms <= ctx.budget_ms
     return TrialResult(**base, state="ok" if feasible else "infeasible", accuracy=val,
                        test_accuracy=test, latency_ms=latency.median_ms,

@@ -55,3 +55,14 @@ def test_an_error_inside_fails_the_trial_not_the_caller(ctx):
     result = run_trial(ctx, 9, Policy(prune={"no.such.group": 0.5}), "test")
     assert result.state == "failed"
     assert "no.such.group" in result.error
+
+
+def test_torch_target_measures_the_torch_module(ctx):
+    spec = ctx.spec.model_copy(update={"target": ctx.spec.target.model_copy(
+        update={"runtime": "torch"})})
+    torch_ctx = TrialContext(**{**ctx.__dict__, "spec": spec})
+    layer = ctx.table.layers[0].name
+    result = run_trial(torch_ctx, 10, Policy(bits={layer: 8}), "test")
+    assert result.state == "ok", result.error
+    assert result.latency["runtime"] == "torch"
+    assert (ctx.trials_dir / "10" / "model.onnx").is_file()  # fp32 export for deployment
