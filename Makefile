@@ -24,7 +24,7 @@ data:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	  else \
-	    echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; exit 2; \
+	    echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; \
 	  fi; \
 	fi
 

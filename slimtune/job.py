@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slimtune.baseline import prepare_baseline
@@ -149,7 +149,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
         budget = budget_ms(spec, base_info["latency_ms"])
         base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
-        ctx = TrialContext(**{**ctx.__dict__, "budget_ms": budget})
+        ctx = replace(ctx, budget_ms=budget)
         _say(f"baseline ({baseline.source}): val accuracy {base_info['accuracy']:.4f}, "
              f"{base_info['latency_ms']:.3f} ms on {spec.target.runtime}; "
              f"budget {budget:.3f} ms")
@@ -174,8 +174,8 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
 
         def on_complete(result: TrialResult) -> None:
             run_id = runs.pop(result.trial_id)
-            result = TrialResult(**{**result.__dict__, "mlflow_run_id": run_id,
-                                    "budget_ms": budget, "searcher": searcher.name})
+            result = replace(result, mlflow_run_id=run_id, budget_ms=budget,
+                             searcher=searcher.name)
             tracker.end_trial(run_id, result)
             append_trial(out_dir, result)
             results.append(result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -44,7 +46,7 @@ def test_feasible_trial_is_measured_evaluated_and_saved(ctx):
 
 
 def test_over_budget_stops_before_fine_tuning(ctx):
-    tight = TrialContext(**{**ctx.__dict__, "budget_ms": 1e-9})
+    tight = replace(ctx, budget_ms=1e-9)
     result = run_trial(tight, 8, Policy(), "test")
     assert result.state == "infeasible" and not result.feasible
     assert result.accuracy is None and result.latency_ms > tight.budget_ms
@@ -60,7 +62,7 @@ def test_an_error_inside_fails_the_trial_not_the_caller(ctx):
 def test_torch_target_measures_the_torch_module(ctx):
     spec = ctx.spec.model_copy(update={"target": ctx.spec.target.model_copy(
         update={"runtime": "torch"})})
-    torch_ctx = TrialContext(**{**ctx.__dict__, "spec": spec})
+    torch_ctx = replace(ctx, spec=spec)
     layer = ctx.table.layers[0].name
     result = run_trial(torch_ctx, 10, Policy(bits={layer: 8}), "test")
     assert result.state == "ok", result.error
