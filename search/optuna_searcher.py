@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import optuna
 from optuna.trial import TrialState
 
@@ -30,8 +32,9 @@ class OptunaSearcher(Searcher):
                                          sampler=self.make_sampler())
         self._pending: list[tuple[Policy, optuna.Trial]] = []
 
+    @abstractmethod
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        raise NotImplementedError
+        """The Optuna sampler this searcher asks."""
 
     def values(self, result: TrialResult) -> list[float]:
         """The objective values told to Optuna (accuracy 0 when not evaluated)."""
