@@ -1,0 +1,42 @@
+"""``slimtune run JOB --out DIR``: a compression search job."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from slimtune.errors import UserInputError
+
+NAME = "run"
+HELP = "run a compression search job"
+ORDER = 10
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="job spec YAML file, or a built-in job name (quickstart)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--trials", type=int, help="override search.trials")
+    p.add_argument("--searcher", help="override search.searcher (tpe|nsga2|random|uniform|ppo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier job in --out")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and library logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimtune.spec import load_spec
+
+    spec = load_spec(args.job)
+    if args.trials is not None and args.trials < 1:
+        raise UserInputError("--trials must be at least 1")
+    spec = spec.with_overrides(trials=args.trials, searcher=args.searcher)
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+    from slimtune.job import run_job
+    from slimtune.summary import print_summary
+
+    outcome = run_job(spec, args.out, overwrite=args.overwrite, address=args.address,
+                      verbose=args.verbose)
+    print_summary(outcome)
+    return 0
