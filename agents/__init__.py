@@ -1,5 +1,12 @@
-"""Learning agents (PPO via stable-baselines3) that propose policies and transfer them.
+"""Learning agents that propose policies: PPO (stable-baselines3) on the AMC env.
 
-Planned in the issue "AMC-style gymnasium environment, PPO agents, and policies reused
-on new models"; this version ships no agent yet.
+``CompressionAgent`` (``agent.py``) is the network plus its card, saved as a zip that
+loads without unpickling; ``train_agent`` (``ppo.py``) trains it; ``carry_policy``
+(``transfer.py``) moves a saved policy to another model by matching layer features.
 """
+
+from slimtune.agents.agent import AgentCard, AgentError, CompressionAgent
+from slimtune.agents.ppo import TrainedAgent, propose_policy, train_agent
+
+__all__ = ["AgentCard", "AgentError", "CompressionAgent", "TrainedAgent", "propose_policy",
+           "train_agent"]

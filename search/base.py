@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from slimtune.errors import UserInputError
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spaces import SearchSpace
@@ -23,6 +24,14 @@ class Searcher(ABC):
         self.space = space
         self.seed = seed
         self.trials = trials
+
+    def prepare(self) -> None:
+        """Work to do once before the first ``ask`` (e.g. train an agent); no-op here."""
+        return None
+
+    def enqueue(self, policy: Policy) -> None:
+        """Evaluate ``policy`` before anything else (a warm start), if the searcher can."""
+        raise UserInputError(f"searcher {self.name!r} cannot be warm-started from a policy")
 
     @abstractmethod
     def ask(self) -> Policy:

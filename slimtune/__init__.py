@@ -4,6 +4,7 @@ Per-layer prune ratios and bit-widths are searched under a latency budget measur
 the target; every trial is logged to MLflow and scheduled by Ray Tune.
 """
 
+from slimtune import envs  # noqa: F401 - registers slimtune/Compression-v0 with gymnasium
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 

@@ -57,7 +57,7 @@ def test_ratios_collapse_duplicates_after_rounding():
             assert space.ratios[group.name] == (0.0, 0.5)
 
 
-@pytest.mark.parametrize("name", sorted(SEARCHERS))
+@pytest.mark.parametrize("name", sorted(set(SEARCHERS) - {"ppo"}))  # ppo: test_agents.py
 def test_searchers_ask_tell(space, name):
     searcher = make_searcher(name, space, seed=0, trials=12)
     seen = []

@@ -1,0 +1,84 @@
+"""The episode's accuracy proxy: cheap, deterministic, cached by policy.
+
+AMC scores a policy without full fine-tuning. Here: channels removed for real, a few
+distillation steps from the baseline (``env.proxy_steps``), BN statistics recalibrated
+on ``env.recal_batches`` training batches, every quantized layer's weights
+fake-quantized (8-bit too: the int8 runtime's effect on accuracy is small and the proxy
+must stay in torch), then top-1 accuracy on the first ``env.proxy_val_size`` validation
+examples. The same policy always gets the same score, so repeats cost nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimtune.compress import prune_structure, quantize_weights
+from slimtune.data import Split
+from slimtune.envs.problem import CompressionProblem
+from slimtune.latency import LatencyStats, machine_lock
+from slimtune.policy import Policy
+from slimtune.train import accuracy, predict, train
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, *, batches: int, batch_size: int) -> None:
+    """Re-estimate every BatchNorm's running statistics on training batches, in place."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    n = len(split)
+    for i in range(batches):
+        start = (i * batch_size) % max(n - batch_size, 1)
+        model(split.x[start:start + batch_size])
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+class ProxyEvaluator:
+    """Proxy accuracy and measured latency of policies on one problem, memoised by
+    ``Policy.key()`` (share one between env copies to share the memo)."""
+
+    def __init__(self, problem: CompressionProblem) -> None:
+        self.problem = problem
+        self.cache: dict[str, float] = {}
+        self.latencies: dict[str, LatencyStats] = {}
+        self.evaluations = 0
+        self.measurements = 0
+
+    def latency(self, policy: Policy) -> LatencyStats:
+        """The policy's architecture measured on the target (episode protocol)."""
+        key = policy.key()
+        if key not in self.latencies:
+            self.latencies[key] = self.problem.measure(policy)
+            self.measurements += 1
+        return self.latencies[key]
+
+    def accuracy(self, policy: Policy) -> float:
+        key = policy.key()
+        if key not in self.cache:
+            self.cache[key] = self._evaluate(policy)
+            self.evaluations += 1
+        return self.cache[key]
+
+    def _evaluate(self, policy: Policy) -> float:
+        p = self.problem
+        spec, env, ft = p.spec, p.spec.env, p.spec.finetune
+        torch.set_num_threads(spec.target.threads)
+        with machine_lock("shared"):
+            model = prune_structure(p.baseline, p.table, policy, round_to=spec.space.round_to)
+            train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
+                  lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
+                  temperature=ft.temperature, alpha=ft.alpha)
+            recalibrate_bn(model, p.data.train, batches=env.recal_batches,
+                           batch_size=ft.batch_size)
+            quantize_weights(model, p.table, policy, include_8bit=True)
+            val = p.data.val
+            n = min(env.proxy_val_size, len(val))
+            return accuracy(predict(model, val.x[:n]), val.y[:n])

@@ -1,0 +1,99 @@
+"""``slimtune agent train`` and ``slimtune apply``: bad input, and the whole flow (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimtune.cli import main
+from slimtune.outputs import read_trials
+from slimtune.policy import Policy
+from tests.jobs import write_job
+
+
+def _fails_cleanly(argv, capsys, *must_not_exist):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("slimtune: error:") and "\n" not in err
+    for path in must_not_exist:
+        assert not path.exists()
+    return err
+
+
+def test_agent_train_bad_input(tmp_path, capsys):
+    job = write_job(tmp_path)
+    out = tmp_path / "agent.zip"
+    assert "ends in .zip" in _fails_cleanly(
+        ["agent", "train", str(job), "--out", str(tmp_path / "agent.pt")], capsys)
+    assert "at least 1" in _fails_cleanly(
+        ["agent", "train", str(job), "--out", str(out), "--timesteps", "0"], capsys, out)
+    assert "no such agent" in _fails_cleanly(
+        ["agent", "train", str(job), "--out", str(out), "--init", str(tmp_path / "x.zip")],
+        capsys, out)
+    impossible = write_job(tmp_path, "impossible.yaml", budget={"latency_ms": 1e-6})
+    assert "budget" in _fails_cleanly(["agent", "train", str(impossible), "--out", str(out)],
+                                      capsys, out)
+    out.write_text("x")
+    assert "exists" in _fails_cleanly(["agent", "train", str(job), "--out", str(out)], capsys)
+
+
+def test_apply_bad_input(tmp_path, capsys):
+    job = write_job(tmp_path)
+    out = tmp_path / "out"
+    (tmp_path / "notzip.zip").write_text("hello")
+    assert "no such agent" in _fails_cleanly(
+        ["apply", "--agent", str(tmp_path / "none.zip"), str(job), "--out", str(out)],
+        capsys, out)
+    assert "not a zip" in _fails_cleanly(
+        ["apply", "--agent", str(tmp_path / "notzip.zip"), str(job), "--out", str(out)],
+        capsys, out)
+
+
+def test_warm_start_from_uniform_is_refused(tmp_path, capsys):
+    job = write_job(tmp_path, search={"searcher": "uniform", "warm_start_from": "p.json"})
+    assert "warm_start_from" in _fails_cleanly(["validate", str(job)], capsys)
+
+
+@pytest.mark.slow
+def test_train_apply_and_warm_start_flow(tmp_path, capsys):
+    """Train on tiny_resnet, apply zero-shot to tiny_concat (another family), then warm-start
+    a TPE search from the agent and a ppo search, each with real measurements."""
+    job = write_job(tmp_path, budget={"latency_fraction": 0.8},
+                    agent={"timesteps": 24, "n_steps": 12, "batch_size": 12})
+    agent = tmp_path / "agent.zip"
+    assert main(["agent", "train", str(job), "--out", str(agent)]) == 0
+    printed = capsys.readouterr().out
+    assert "episodes" in printed and agent.is_file()
+
+    other = write_job(tmp_path, "other.yaml", model={"arch": "tiny_concat"},
+                      budget={"latency_fraction": 0.9}, target={"batch_size": 16})
+    out = tmp_path / "applied"
+    assert main(["apply", "--agent", str(agent), str(other), "--out", str(out)]) == 0
+    trials = read_trials(out)
+    assert len(trials) == 1 and trials[0].latency_ms > 0 and trials[0].searcher == "agent"
+    policy = Policy.load(out / "policy.json")
+    assert policy == trials[0].policy
+    assert (out / "layers.json").is_file() and (out / "pareto.json").is_file()
+    assert json.loads((out / "pareto.json").read_text())["budget_ms"] > 0
+
+    # the same budget in ms (a fraction would move with the baseline's measurement noise)
+    # and the predictor cached on disk: the agent builds the same policy again
+    budget_ms = json.loads((out / "pareto.json").read_text())["budget_ms"]
+    warm = write_job(tmp_path, "warm.yaml", model={"arch": "tiny_concat"},
+                     budget={"latency_ms": budget_ms}, target={"batch_size": 16},
+                     search={"searcher": "tpe", "trials": 2, "warm_start_from": str(agent)})
+    out2 = tmp_path / "warm"
+    assert main(["run", str(warm), "--out", str(out2)]) == 0
+    first = read_trials(out2)[0]
+    assert first.trial_id == 0 and first.policy == policy  # the agent's policy goes first
+
+    ppo = write_job(tmp_path, "ppo.yaml", budget={"latency_fraction": 0.8},
+                    search={"searcher": "ppo", "trials": 2},
+                    agent={"timesteps": 12, "n_steps": 12, "batch_size": 12})
+    out3 = tmp_path / "ppo"
+    assert main(["run", str(ppo), "--out", str(out3)]) == 0
+    results = read_trials(out3)
+    assert len(results) == 2 and len({r.policy.key() for r in results}) == 2
+    assert (out3 / "agent.zip").is_file()
