@@ -329,3 +329,34 @@ def test_compose_header_says_how_to_run_and_what_is_exposed():
     assert "slimtune run" in header and "--address" in header
     assert "127.0.0.1" in header
     assert "RAY_AUTH_MODE=token" in header and "basic-auth" in header
+
+
+# --- the Compose Specification schema (vendored: docker/compose-spec.NOTICE) -------------
+
+COMPOSE_SCHEMA = DOCKER / "compose-spec.schema.json"
+
+
+def _compose_errors(doc: dict) -> list[str]:
+    import warnings
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    with warnings.catch_warnings():  # the schema names draft 2019-09 by an old URL
+        warnings.simplefilter("ignore", DeprecationWarning)
+        validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(doc)]
+
+
+def test_compose_file_is_valid_against_the_compose_spec_schema():
+    assert (DOCKER / "compose-spec.NOTICE").is_file()
+    assert _compose_errors(compose()) == []
+
+
+def test_the_schema_check_catches_broken_compose_files():
+    broken = compose()
+    broken["services"]["mlflow"]["healthcheck"]["retries"] = "three"
+    broken["services"]["ray-head"]["portz"] = ["8265:8265"]
+    broken["services"]["postgres"]["depends_on"] = {"mlflow": {"condition": "sometimes"}}
+    errors = _compose_errors(broken)
+    assert len(errors) >= 3, errors
