@@ -22,7 +22,8 @@ def episode_result(number: int, info: dict[str, Any], reward: float) -> TrialRes
         state="ok" if info["feasible"] else "infeasible",
         accuracy=info["proxy_accuracy"], latency_ms=info["measured_latency_ms"],
         latency=info["latency"], macs=info["macs"], budget_ms=info["budget_ms"],
-        searcher="ppo-episode", seconds=info.get("seconds", 0.0))
+        searcher="ppo-episode", seconds=info.get("seconds", 0.0),
+        metrics=info.get("metrics", {}), violations=tuple(info.get("violations", ())))
 
 
 class EpisodeRecorder(BaseCallback):

@@ -14,6 +14,7 @@ from slimtune.envs.episode import Choice, PolicyBuilder
 from slimtune.envs.features import OBS_FEATURES, OBS_HIGH, OBS_LOW
 from slimtune.envs.problem import CompressionProblem, prepare_problem
 from slimtune.envs.proxy import ProxyEvaluator
+from slimtune.evaluate import violations
 from slimtune.policy import Policy
 from slimtune.spec import JobSpec, load_spec
 
@@ -44,7 +45,8 @@ class CompressionEnv(gym.Env):
     ## Rewards
     0 on every step but the last. At the end: the proxy accuracy
     (``env.reward: acc``) or ``-error * log(MACs)`` (``error_log_flops``), minus
-    ``env.infeasible_penalty`` if the measured latency misses the budget.
+    ``env.infeasible_penalty`` if the measured latency misses the budget or the proxy
+    model breaks one of the spec's ``constraints`` (``info["violations"]``).
 
     ## Episode end
     Terminates after the last layer; never truncated.
@@ -111,9 +113,10 @@ class CompressionEnv(gym.Env):
         """The episode-end reward of ``policy`` and what it was made of."""
         p = self.problem
         latency = self.scorer.latency(policy)
-        acc = self.scorer.accuracy(policy)
+        acc, metrics = self.scorer.evaluate(policy)
         macs = p.channels.macs(policy)
-        feasible = latency.median_ms <= p.budget_ms
+        broken = violations({**metrics, "accuracy": acc}, p.spec.constraints)
+        feasible = latency.median_ms <= p.budget_ms and not broken
         if p.spec.env.reward == "acc":
             reward = acc
         else:
@@ -123,7 +126,8 @@ class CompressionEnv(gym.Env):
         return float(reward), {
             "policy": policy, "proxy_accuracy": acc, "macs": macs,
             "measured_latency_ms": latency.median_ms, "latency": latency.to_dict(),
-            "budget_ms": p.budget_ms, "feasible": feasible}
+            "budget_ms": p.budget_ms, "feasible": feasible, "violations": broken,
+            "metrics": metrics}
 
     def propose(self, choose: Any) -> Policy:
         """Run one episode's decisions with ``choose(obs) -> action``, without scoring."""

@@ -5,10 +5,14 @@ distillation steps from the baseline (``env.proxy_steps``), BN statistics recali
 on ``env.recal_batches`` training batches, every quantized layer's weights
 fake-quantized (8-bit too: the int8 runtime's effect on accuracy is small and the proxy
 must stay in torch), then top-1 accuracy on the first ``env.proxy_val_size`` validation
-examples. The same policy always gets the same score, so repeats cost nothing.
+examples. The same policy always gets the same score, so repeats cost nothing. With
+``constraints`` in the spec, the bounded behaviour metrics are computed on the same
+proxy model (test split, as trials do) so the reward can respect them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +51,13 @@ class ProxyEvaluator:
 
     def __init__(self, problem: CompressionProblem) -> None:
         self.problem = problem
-        self.cache: dict[str, float] = {}
+        self.cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        # the metric groups the spec's constraints bound (none: accuracy only)
+        from slimtune.evaluate import group_of
+
+        self.groups = tuple(sorted({g for k in problem.spec.constraints
+                                    if (g := group_of(k)) is not None}))
+        self._ref: Any = None
         self.latencies: dict[str, LatencyStats] = {}
         self.evaluations = 0
         self.measurements = 0
@@ -61,13 +71,27 @@ class ProxyEvaluator:
         return self.latencies[key]
 
     def accuracy(self, policy: Policy) -> float:
+        return self.evaluate(policy)[0]
+
+    def evaluate(self, policy: Policy) -> tuple[float, dict[str, Any]]:
+        """Proxy accuracy and, when the spec has ``constraints``, the constrained behaviour
+        metrics of the proxy model on the test split (as trials compute them)."""
         key = policy.key()
         if key not in self.cache:
             self.cache[key] = self._evaluate(policy)
             self.evaluations += 1
         return self.cache[key]
 
-    def _evaluate(self, policy: Policy) -> float:
+    def _reference(self) -> Any:
+        if self._ref is None:
+            from slimtune.evaluate.suite import baseline_reference
+
+            base = self.problem.baseline
+            self._ref = baseline_reference(self.groups, model=base, data=self.problem.data,
+                                           logits_fn=lambda x: predict(base, x))
+        return self._ref
+
+    def _evaluate(self, policy: Policy) -> tuple[float, dict[str, Any]]:
         p = self.problem
         spec, env, ft = p.spec, p.spec.env, p.spec.finetune
         torch.set_num_threads(spec.target.threads)
@@ -81,4 +105,12 @@ class ProxyEvaluator:
             quantize_weights(model, p.table, policy, include_8bit=True)
             val = p.data.val
             n = min(env.proxy_val_size, len(val))
-            return accuracy(predict(model, val.x[:n]), val.y[:n])
+            acc = accuracy(predict(model, val.x[:n]), val.y[:n])
+            if not self.groups:
+                return acc, {}
+            from slimtune.evaluate.suite import EvalInputs, evaluate_behaviour
+
+            inputs = EvalInputs(logits=predict(model, p.data.test.x), data=p.data,
+                                logits_fn=lambda x: predict(model, x), model=model,
+                                reference=self._reference())
+            return acc, evaluate_behaviour(self.groups, inputs).metrics

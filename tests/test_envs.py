@@ -164,3 +164,15 @@ def test_gymnasium_make_with_spec_overrides(tmp_path, monkeypatch):
     assert inner.problem.budget_ms == pytest.approx(0.9 * inner.problem.baseline_ms)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
+
+
+def test_reward_respects_spec_constraints(tmp_path):
+    problem = make_problem(tmp_path, constraints={"ece": 1e-6})  # no real model is this calibrated
+    env = CompressionEnv(problem=problem)
+    env.reset()
+    done = False
+    while not done:
+        *_, reward, done, _, info = env.step(np.array([-1.0, -1.0], dtype=np.float32))
+    assert info["violations"] and "ece" in info["violations"][0]
+    assert not info["feasible"] and info["metrics"]["ece"] > 1e-6
+    assert reward == pytest.approx(info["proxy_accuracy"] - 1.0)
