@@ -6,7 +6,7 @@ loads without unpickling; ``train_agent`` (``ppo.py``) trains it; ``carry_policy
 """
 
 from slimtune.agents.agent import AgentCard, AgentError, CompressionAgent
-from slimtune.agents.ppo import TrainedAgent, propose_policy, train_agent
+from slimtune.agents.ppo import Attempt, TrainedAgent, propose_measured, propose_policy, train_agent
 
-__all__ = ["AgentCard", "AgentError", "CompressionAgent", "TrainedAgent", "propose_policy",
-           "train_agent"]
+__all__ = ["AgentCard", "AgentError", "Attempt", "CompressionAgent", "TrainedAgent",
+           "propose_measured", "propose_policy", "train_agent"]

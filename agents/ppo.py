@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from slimtune.agents.agent import AgentCard, AgentError, CompressionAgent
 from slimtune.agents.episodes import EpisodeRecorder
 from slimtune.envs.compression import CompressionEnv
+from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import AgentSpec
 
@@ -73,6 +74,37 @@ def train_agent(env: CompressionEnv, spec: AgentSpec, *, seed: int = 0,
     return TrainedAgent(agent, recorder.episodes, int(ppo.num_timesteps), seconds)
 
 
-def propose_policy(agent: CompressionAgent, env: CompressionEnv, *, deterministic: bool = True):
+def propose_policy(agent: CompressionAgent, env: CompressionEnv, *,
+                   deterministic: bool = True) -> Policy:
     """The policy ``agent`` builds on ``env``'s model (no scoring, no measurement)."""
     return env.propose(lambda obs: agent.act(obs, deterministic=deterministic))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One proposal of ``propose_measured``: the wall's correction and what it gave."""
+
+    correction: float
+    predicted_ms: float
+    measured_ms: float
+    feasible: bool
+
+
+def propose_measured(agent: CompressionAgent, env: CompressionEnv, *,
+                     tries: int = 3) -> tuple[Policy, list[Attempt]]:
+    """The agent's deterministic policy, measured; while it misses the budget, the wall's
+    correction is raised to the measured/predicted ratio and the agent proposes again
+    (on a new model the predictor's error is not known before one measurement)."""
+    correction = env.scorer.correction()
+    attempts: list[Attempt] = []
+    for _ in range(tries):
+        policy = env.propose(lambda obs: agent.act(obs), correction=correction)
+        predicted = env.problem.predictor.predict_ms(policy)
+        measured = env.scorer.latency(policy).median_ms
+        env.scorer.record(predicted, measured)
+        feasible = measured <= env.problem.budget_ms
+        attempts.append(Attempt(correction, predicted, measured, feasible))
+        if feasible:
+            break
+        correction = max(correction, measured / max(predicted, 1e-9)) * 1.02
+    return policy, attempts

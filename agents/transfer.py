@@ -116,12 +116,14 @@ def warm_start_policy(path: Path, space: SearchSpace,
     """The policy a warm-start file gives on ``space``'s model, and how it was made."""
     if path.suffix == ".zip":
         from slimtune.agents.agent import CompressionAgent
-        from slimtune.agents.ppo import propose_policy
+        from slimtune.agents.ppo import propose_measured
         from slimtune.envs.compression import CompressionEnv
 
         agent = CompressionAgent.load(path)
         env = CompressionEnv(problem=problem_factory())
-        return propose_policy(agent, env), [f"agent {path.name} run on this model"]
+        policy, attempts = propose_measured(agent, env)
+        return policy, [f"agent {path.name} run on this model: " + ", ".join(
+            f"{a.measured_ms:.3f} ms measured" for a in attempts)]
     policy, source = read_policy_file(path, space.table)
     if source is space.table:
         return policy, [f"policy {path.name} (made for this model)"]

@@ -40,7 +40,9 @@ class CompressionEnv(gym.Env):
     later layers at their most aggressive setting, stays within the budget
     (``slimtune.envs.episode.PolicyBuilder``). The predictor can err, so the final
     policy is always measured on the target; ``info["feasible"]`` says whether the
-    measurement met the budget.
+    measurement met the budget. The wall scales predictions by the median
+    measured/predicted ratio of recent episodes (``info["wall_correction"]``), so a
+    predictor's systematic error is learnt from the measurements.
 
     ## Rewards
     0 on every step but the last. At the end: the proxy accuracy
@@ -90,7 +92,7 @@ class CompressionEnv(gym.Env):
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._builder = PolicyBuilder(self.problem)
+        self._builder = PolicyBuilder(self.problem, correction=self.scorer.correction())
         return self._builder.observation(), {"layer": self._builder.layers[0].name}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -104,7 +106,10 @@ class CompressionEnv(gym.Env):
         if not b.done:
             return b.observation(), 0.0, False, False, info
         reward, end = self.score(b.policy())
-        end["predicted_latency_ms"] = decision.predicted_ms
+        predicted = self.problem.predictor.predict_ms(b.policy())
+        self.scorer.record(predicted, end["measured_latency_ms"])
+        end["predicted_latency_ms"] = predicted
+        end["wall_correction"] = b.correction
         end["clipped_steps"] = sum(d.clipped for d in b.decisions)
         info.update(end)
         return b.observation(), reward, True, False, info
@@ -129,9 +134,12 @@ class CompressionEnv(gym.Env):
             "budget_ms": p.budget_ms, "feasible": feasible, "violations": broken,
             "metrics": metrics}
 
-    def propose(self, choose: Any) -> Policy:
-        """Run one episode's decisions with ``choose(obs) -> action``, without scoring."""
-        self._builder = PolicyBuilder(self.problem)
+    def propose(self, choose: Any, *, correction: float | None = None) -> Policy:
+        """Run one episode's decisions with ``choose(obs) -> action``, without scoring
+        (the wall uses ``correction``, by default the one learnt so far)."""
+        if correction is None:
+            correction = self.scorer.correction()
+        self._builder = PolicyBuilder(self.problem, correction=correction)
         while not self._builder.done:
             action = choose(self._builder.observation())
             self._builder.decide(self._builder.choice_from_action(action))

@@ -5,6 +5,11 @@ the prune ratio of its channel group if no earlier layer of the group set it. Be
 decision is taken, it is clipped (AMC's rule) so that the predicted latency of the
 policy, with every later layer at its most aggressive setting, stays within the budget;
 when no choice can, the most aggressive one is taken.
+
+Predictions are multiplied by ``correction``, the typical ratio of measured to
+predicted latency seen so far (see ``ProxyEvaluator.correction``): the table's errors
+are systematic (per-op overheads, the machine's state), so the wall learns them from
+the measurements every episode ends with.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ class Decision:
 class PolicyBuilder:
     """Builds one Policy, one layer per ``decide`` call."""
 
-    def __init__(self, problem: CompressionProblem) -> None:
+    def __init__(self, problem: CompressionProblem, *, correction: float = 1.0) -> None:
         self.problem = problem
+        self.correction = correction  # measured / predicted, learnt from measurements
         self.layers: tuple[LayerInfo, ...] = problem.table.layers
         self._static = static_features(problem.table)
         self._max_ratio = max(max(rs) for rs in problem.space.ratios.values())
@@ -102,7 +108,7 @@ class PolicyBuilder:
             full_bits = dict(bits)
             for li in self.layers[after:]:
                 full_bits[li.name] = b if b in space.bits[li.name] else min(space.bits[li.name])
-            best = min(best, self.problem.predictor.predict_ms(
+            best = min(best, self.correction * self.problem.predictor.predict_ms(
                 self._policy(full_prune, full_bits)))
         return best
 

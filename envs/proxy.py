@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +24,8 @@ from slimtune.envs.problem import CompressionProblem
 from slimtune.latency import LatencyStats, machine_lock
 from slimtune.policy import Policy
 from slimtune.train import accuracy, predict, train
+
+CORRECTION_WINDOW = 10
 
 
 @torch.no_grad()
@@ -61,6 +64,18 @@ class ProxyEvaluator:
         self.latencies: dict[str, LatencyStats] = {}
         self.evaluations = 0
         self.measurements = 0
+        self.ratios: list[float] = []
+
+    def record(self, predicted_ms: float, measured_ms: float) -> None:
+        """Remember how a prediction compared with its measurement."""
+        if predicted_ms > 0 and measured_ms > 0:
+            self.ratios.append(measured_ms / predicted_ms)
+
+    def correction(self) -> float:
+        """The median measured/predicted ratio of the last ``CORRECTION_WINDOW`` episodes
+        (1 before any), bounded to [0.5, 3] so one outlier cannot move the wall far."""
+        recent = self.ratios[-CORRECTION_WINDOW:]
+        return float(min(max(np.median(recent), 0.5), 3.0)) if recent else 1.0
 
     def latency(self, policy: Policy) -> LatencyStats:
         """The policy's architecture measured on the target (episode protocol)."""

@@ -119,7 +119,7 @@ def test_ppo_searcher_proposes_distinct_policies_agent_first(env):
         problem.table.layers)
     asked = [searcher.ask() for _ in range(4)]
     assert asked[0] == anchor  # a warm start goes first
-    assert asked[1] == propose_policy(searcher.agent, CompressionEnv(problem=problem))
+    assert asked[1] == propose_policy(searcher.agent, searcher._env)  # its deterministic policy
     assert len({p.key() for p in asked}) == 4
     for p in asked:
         searcher.tell(p, TrialResult(trial_id=0, policy=p, state="ok", accuracy=0.5))

@@ -101,9 +101,10 @@ def test_shared_group_is_decided_once(problem):
         b.decide(Choice(0.25, 32))
 
 
-def test_same_actions_give_the_same_episode(problem, scorer):
+def test_same_actions_give_the_same_episode(problem):
     def run(seed):
-        env = CompressionEnv(problem=problem, scorer=scorer)
+        # a fresh scorer each time: the wall's learnt correction starts from the same point
+        env = CompressionEnv(problem=problem, scorer=ProxyEvaluator(problem))
         env.reset(seed=seed)
         env.action_space.seed(seed)
         total, obs_log = 0.0, []
@@ -126,7 +127,8 @@ def test_scores_are_memoised_by_policy(problem):
         env.reset()
         done = False
         while not done:
-            *_, done, _, info = env.step(np.array([0.5, -1.0], dtype=np.float32))
+            # the most aggressive action: the same policy whatever the wall learnt
+            *_, done, _, info = env.step(np.array([1.0, 1.0], dtype=np.float32))
     assert scorer.evaluations == 1 and scorer.measurements == 1
 
 
@@ -176,3 +178,14 @@ def test_reward_respects_spec_constraints(tmp_path):
     assert info["violations"] and "ece" in info["violations"][0]
     assert not info["feasible"] and info["metrics"]["ece"] > 1e-6
     assert reward == pytest.approx(info["proxy_accuracy"] - 1.0)
+
+
+def test_wall_correction_learns_from_measurements(problem):
+    scorer = ProxyEvaluator(problem)
+    assert scorer.correction() == 1.0
+    for ratio in (1.5, 1.6, 1.4, 9.0):
+        scorer.record(10.0, 10.0 * ratio)
+    assert scorer.correction() == pytest.approx(1.55)  # the median: one outlier moves little
+    loose = PolicyBuilder(problem, correction=1.0)
+    tight = PolicyBuilder(problem, correction=scorer.correction())
+    assert tight.floor_ms({}, {}, 0) == pytest.approx(1.55 * loose.floor_ms({}, {}, 0))

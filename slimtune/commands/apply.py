@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out, overwrite=args.overwrite)
     if not args.verbose:
         warnings.filterwarnings("ignore")
-    from slimtune.agents import propose_policy
+    from slimtune.agents import propose_measured
     from slimtune.envs.compression import CompressionEnv
     from slimtune.envs.problem import prepare_problem
     from slimtune.job import run_job
@@ -52,14 +52,18 @@ def run(args: argparse.Namespace) -> int:
 
     problem = prepare_problem(spec)
     env = CompressionEnv(problem=problem)
-    policy = propose_policy(agent, env)
+    policy, attempts = propose_measured(agent, env)
     trained_on = agent.card.trained_on.get("model", "?")
     say(f"agent trained on {trained_on} applied to {spec.model.describe()} "
         f"({len(problem.table.layers)} layers), budget {problem.budget_ms:.3f} ms:")
     for d in env.builder.decisions:
         clip = f" (proposed {d.proposed.ratio:g}/{d.proposed.bits}, clipped)" if d.clipped else ""
         say(f"  {d.layer}: ratio {d.chosen.ratio:g}, {d.chosen.bits} bits{clip}")
-    say(f"predicted {env.builder.decisions[-1].predicted_ms:.3f} ms; measuring for real")
+    for i, a in enumerate(attempts):
+        say(f"attempt {i + 1}: wall correction {a.correction:.2f}, predicted "
+            f"{a.predicted_ms:.3f} ms, measured {a.measured_ms:.3f} ms "
+            f"({'within' if a.feasible else 'over'} the budget)")
+    say("evaluating the policy: fine-tune, deploy, measure with the full protocol")
     outcome = run_job(spec, args.out, overwrite=args.overwrite, address=args.address,
                       verbose=args.verbose,
                       searcher=FixedSearcher(problem.space, [policy], name="agent"))
