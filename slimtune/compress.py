@@ -18,12 +18,19 @@ import torch_pruning as tp
 from torch import nn
 
 from slimtune.errors import UserInputError
-from slimtune.layers import LayerTable, count_macs_params, dependency_graph, eval_mode
+from slimtune.layers import (
+    ChannelGroup,
+    LayerTable,
+    count_macs_params,
+    dependency_graph,
+    eval_mode,
+)
 from slimtune.layers import example_input as random_example
 from slimtune.policy import FLOAT_BITS, Policy
 
 __all__ = ["PolicyError", "apply_policy", "check_policy", "count_macs_params", "fake_quantize",
-           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels"]
+           "group_kept", "kept_channels", "packed_size_bytes", "prune_structure",
+           "removed_channels"]
 
 
 class PolicyError(UserInputError):
@@ -44,6 +51,16 @@ def check_policy(table: LayerTable, policy: Policy) -> None:
     unknown = sorted(set(policy.bits) - {li.name for li in table.layers})
     if unknown:
         raise PolicyError(f"policy sets bits of unknown layers: {', '.join(unknown)}")
+    for what, keys in (("sparsity", policy.sparsity), ("clusters", policy.clusters),
+                       ("rank", policy.rank)):
+        unknown = sorted(set(keys) - {li.name for li in table.layers})
+        if unknown:
+            raise PolicyError(f"policy sets {what} of unknown layers: {', '.join(unknown)}")
+    both = sorted(set(policy.rank) & (set(policy.quantized_layers) | set(policy.sparsity)
+                                      | set(policy.clusters)))
+    if both:
+        raise PolicyError(f"layers {', '.join(both)}: low-rank factorisation is not combined "
+                          "with bits, sparsity or clusters on the same layer")
 
 
 def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
@@ -88,14 +105,40 @@ def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTabl
         if channels != group.channels:
             raise PolicyError(f"layer {group.name!r} has {channels} output channels, the "
                               f"table says {group.channels}: is this model already pruned?")
-        n_remove = channels - kept_channels(channels, ratio, min_channels=group.min_channels,
-                                            round_to=round_to)
+        n_remove = channels - group_kept(group, ratio, round_to)
         if n_remove == 0:
             continue
-        full = dg.get_pruning_group(root, _prune_fn(root), list(range(channels)))
-        order = torch.argsort(importance(full).cpu(), stable=True)
-        plan[group.name] = sorted(order[:n_remove].tolist())
+        try:
+            full = dg.get_pruning_group(root, _prune_fn(root), list(range(channels)))
+            scores = importance(full).cpu()
+        except (IndexError, RuntimeError, ValueError) as err:
+            raise _unsupported(group, err) from err
+        plan[group.name] = _least_important(scores, n_remove, group.head_dim)
     return plan
+
+
+def group_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
+    """Channels ``group`` keeps at ``ratio``; whole heads for an attention group."""
+    unit = math.lcm(max(round_to, 1), group.head_dim)
+    return kept_channels(group.channels, ratio, min_channels=group.min_channels, round_to=unit)
+
+
+def _least_important(scores: torch.Tensor, n_remove: int, head_dim: int) -> list[int]:
+    """The ``n_remove`` lowest-scoring channels, or the lowest-scoring whole heads."""
+    if head_dim <= 1:
+        return sorted(torch.argsort(scores, stable=True)[:n_remove].tolist())
+    heads = torch.argsort(scores.reshape(-1, head_dim).sum(dim=1), stable=True)
+    return sorted(int(h) * head_dim + i for h in heads[:n_remove // head_dim].tolist()
+                  for i in range(head_dim))
+
+
+def _unsupported(group: ChannelGroup, err: BaseException) -> PolicyError:
+    detail = " ".join(str(err).split())[:160]
+    return PolicyError(
+        f"cannot prune channel group {group.name!r} (layers {', '.join(group.layers)}): "
+        f"torch-pruning cannot follow its channels through the ops after it, e.g. a channel "
+        f"shuffle or a reshape of the channel dim ({type(err).__name__}: {detail}); "
+        "give it ratio 0")
 
 
 def _example(model: nn.Module, table: LayerTable, given: torch.Tensor | None) -> torch.Tensor:
@@ -132,8 +175,46 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
         # re-derives concat/split offsets from current shapes in get_pruning_group.
         for name, idxs in plan.items():
             root = layers[name]
-            dg.get_pruning_group(root, _prune_fn(root), idxs).prune()
+            try:
+                dg.get_pruning_group(root, _prune_fn(root), idxs).prune()
+            except (IndexError, RuntimeError, ValueError) as err:
+                raise _unsupported(table.group(name), err) from err
+        _set_heads(pruned, table, plan)
+        _check_runs(model, pruned, table, plan, _example(model, table, example_input),
+                    round_to)
     return pruned
+
+
+def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) -> None:
+    """Lower ``num_heads`` of every attention module whose head group lost heads."""
+    modules = dict(model.named_modules())
+    for name, idxs in plan.items():
+        group = table.group(name)
+        if group.attention:
+            modules[group.attention].num_heads -= len(idxs) // group.head_dim
+
+
+def _check_runs(original: nn.Module, pruned: nn.Module, table: LayerTable,
+                plan: dict[str, list[int]], example: torch.Tensor, round_to: int) -> None:
+    """PolicyError naming the group whose pruning left a model that does not run.
+
+    torch-pruning can produce consistent-looking shapes that still fail in forward (a
+    reshape into fixed head counts, a channel shuffle); the culprit is found by pruning
+    each planned group alone, which only happens on this failure path.
+    """
+    try:
+        with torch.no_grad():
+            pruned(example)
+        return
+    except (IndexError, RuntimeError, ValueError) as err:
+        failure = err
+    if len(plan) > 1:
+        for name in plan:
+            ratio = 1.0 - (table.group(name).channels - len(plan[name])) / \
+                table.group(name).channels
+            alone = Policy(prune={name: min(ratio, 0.999)}, model_signature="")
+            prune_structure(original, table, alone, round_to=round_to, example_input=example)
+    raise _unsupported(table.group(next(iter(plan))), failure)
 
 
 def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -156,11 +237,22 @@ def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_t
     Channels are removed as in :func:`prune_structure`. Then every layer below 32 bits
     gets its weight fake-quantized in place, except 8-bit layers unless
     ``fake_quant_8bit`` (they run as real int8 later in ONNX Runtime; set it for a
-    torch-only target).
+    torch-only target). Last, the policy's per-layer ``sparsity`` and ``clusters``
+    (Deep Compression, :mod:`slimtune.deep_compression`) zero and share weights, and
+    its ``rank`` replaces layers by two truncated-SVD factors (:mod:`slimtune.lowrank`).
     """
     pruned = prune_structure(model, table, policy, round_to=round_to,
                              example_input=example_input)
-    return quantize_weights(pruned, table, policy, include_8bit=fake_quant_8bit)
+    quantize_weights(pruned, table, policy, include_8bit=fake_quant_8bit)
+    if policy.sparsity or policy.clusters:
+        from slimtune.deep_compression import compress_weights
+
+        compress_weights(pruned, table, policy)
+    if policy.rank:
+        from slimtune.lowrank import factorize
+
+        factorize(pruned, table, dict(policy.rank))
+    return pruned
 
 
 def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,

@@ -56,6 +56,10 @@ class ChannelGroup:
     channels: int
     layers: tuple[str, ...]  # layers whose output channels are these channels
     min_channels: int
+    # attention heads: the module holding ``num_heads`` whose q/k/v outputs these channels
+    # are; the group is pruned in whole heads of ``head_dim`` channels. "" / 1: plain channels
+    attention: str = ""
+    head_dim: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,8 @@ class LayerTable:
             "input_shape": list(self.input_shape),
             "layers": [[li.name, li.kind, li.in_channels, li.out_channels, li.kernel,
                         li.stride, li.groups, list(li.in_hw)] for li in self.layers],
-            "groups": [[g.name, g.channels, list(g.layers)] for g in self.groups],
+            "groups": [[g.name, g.channels, list(g.layers)]
+                       + ([g.attention, g.head_dim] if g.attention else []) for g in self.groups],
         }
         return hashlib.sha1(json.dumps(features).encode()).hexdigest()[:12]
 
@@ -187,18 +192,43 @@ def _channel_groups(dg: tp.DependencyGraph, records: Mapping[nn.Module, _Record]
     """The prunable groups, each as its conv/linear layers in execution order.
 
     A group is left out when it reaches the model output, directly (the classifier) or
-    through shape-keeping ops (a conv followed by global pooling as the last op).
+    through shape-keeping ops (a conv followed by global pooling as the last op), and
+    when torch-pruning cannot map its channel indices through the ops after it (a
+    ShuffleNet channel shuffle after a split and concat): its layers keep their channels.
     """
     found = []
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
     for group in dg.get_all_groups(ignored_layers=list(output_layers),
                                    root_module_types=list(LAYER_TYPES)):
         if any(isinstance(dep.target.module, tp.ops._OutputOp) for dep, _ in group):
+            continue
+        try:
+            importance(group)
+        except IndexError:
             continue
         members = {dep.target.module for dep, _ in group
                    if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in records}
         if members:
             found.append(sorted(members, key=lambda m: records[m].index))
     return sorted(found, key=lambda ms: records[ms[0]].index)
+
+
+def _attention_of(model: nn.Module, members: list[str], channels: int) -> tuple[str, int]:
+    """The attention module whose heads a group's channels are, and the channels per head.
+
+    A group is one of heads when all its layers are Linear children of one module with an
+    integer ``num_heads`` (q/k/v projections) that divides the group's channels; pruning
+    it then removes whole heads. ("", 1) otherwise.
+    """
+    modules = dict(model.named_modules())
+    parents = {name.rpartition(".")[0] for name in members}
+    if len(parents) != 1 or not all(isinstance(modules[n], nn.Linear) for n in members):
+        return "", 1
+    parent = parents.pop()
+    heads = getattr(modules[parent], "num_heads", None)
+    if not isinstance(heads, int) or heads < 1 or channels % heads:
+        return "", 1
+    return parent, channels // heads
 
 
 def build_layer_table(model: nn.Module, input_shape: tuple[int, ...], *,
@@ -221,9 +251,11 @@ def build_layer_table(model: nn.Module, input_shape: tuple[int, ...], *,
     for members in member_lists:
         root = members[0]
         channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        attention, head_dim = _attention_of(model, [names[m] for m in members], channels)
         groups.append(ChannelGroup(name=names[root], channels=channels,
                                    layers=tuple(names[m] for m in members),
-                                   min_channels=min(max(round_to, 1), channels)))
+                                   min_channels=min(max(round_to, head_dim), channels),
+                                   attention=attention, head_dim=head_dim))
         owner.update((m, names[root]) for m in members)
 
     ordered = sorted(records, key=lambda m: records[m].index)

@@ -18,6 +18,8 @@ from typing import Any
 
 FLOAT_BITS = 32
 ALLOWED_BITS = (32, 16, 8, 6, 4, 2)
+#: shared-weight cluster counts a layer may have (Deep Compression's k-means codebook)
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 256
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class Policy:
     prune: Mapping[str, float] = field(default_factory=dict)
     bits: Mapping[str, int] = field(default_factory=dict)
     model_signature: str = ""
+    # Deep Compression (slimtune.deep_compression), per layer: the fraction of weights
+    # zeroed by magnitude, and the number of shared weight values. Empty: off.
+    sparsity: Mapping[str, float] = field(default_factory=dict)
+    clusters: Mapping[str, int] = field(default_factory=dict)
+    # low-rank factorisation (slimtune.lowrank), per layer: the fraction of its rank kept
+    rank: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, ratio in self.prune.items():
@@ -41,6 +49,22 @@ class Policy:
         for name, b in self.bits.items():
             if int(b) not in ALLOWED_BITS:
                 raise ValueError(f"bit-width of {name!r} must be one of {ALLOWED_BITS}, got {b}")
+        for name, s in self.sparsity.items():
+            if not 0.0 <= float(s) < 1.0:
+                raise ValueError(f"sparsity of {name!r} must be in [0, 1), got {s}")
+        for name, k in self.clusters.items():
+            if int(k) != k or not MIN_CLUSTERS <= int(k) <= MAX_CLUSTERS:
+                raise ValueError(f"cluster count of {name!r} must be an integer in "
+                                 f"[{MIN_CLUSTERS}, {MAX_CLUSTERS}], got {k}")
+        for name, r in self.rank.items():
+            if not 0.0 < float(r) <= 1.0:
+                raise ValueError(f"rank fraction of {name!r} must be in (0, 1], got {r}")
+        object.__setattr__(self, "rank",
+                           {k: float(v) for k, v in sorted(self.rank.items()) if v < 1.0})
+        object.__setattr__(self, "sparsity",
+                           {k: float(v) for k, v in sorted(self.sparsity.items()) if v > 0})
+        object.__setattr__(self, "clusters",
+                           {k: int(v) for k, v in sorted(self.clusters.items())})
         object.__setattr__(self, "prune", {k: float(v) for k, v in sorted(self.prune.items())})
         object.__setattr__(self, "bits", {k: int(v) for k, v in sorted(self.bits.items())})
 
@@ -57,19 +81,35 @@ class Policy:
 
     def key(self) -> str:
         """A canonical string: equal policies have equal keys."""
-        return json.dumps({"prune": self.prune, "bits": self.bits}, sort_keys=True)
+        return json.dumps({"prune": self.prune, "bits": self.bits, **self._deep()},
+                          sort_keys=True)
+
+    def _deep(self) -> dict[str, dict[str, Any]]:
+        """The Deep Compression keys, only when set (older policies read and key as before)."""
+        out: dict[str, dict[str, Any]] = {}
+        if self.sparsity:
+            out["sparsity"] = dict(self.sparsity)
+        if self.clusters:
+            out["clusters"] = dict(self.clusters)
+        if self.rank:
+            out["rank"] = dict(self.rank)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"prune": dict(self.prune), "bits": dict(self.bits),
-                "model_signature": self.model_signature}
+                "model_signature": self.model_signature, **self._deep()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
-        unknown = set(data) - {"prune", "bits", "model_signature"}
+        unknown = set(data) - {"prune", "bits", "model_signature", "sparsity", "clusters",
+                               "rank"}
         if unknown:
             raise ValueError(f"unknown policy keys: {sorted(unknown)}")
         return cls(prune=dict(data.get("prune", {})), bits=dict(data.get("bits", {})),
-                   model_signature=str(data.get("model_signature", "")))
+                   model_signature=str(data.get("model_signature", "")),
+                   sparsity=dict(data.get("sparsity", {})),
+                   clusters=dict(data.get("clusters", {})),
+                   rank=dict(data.get("rank", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
