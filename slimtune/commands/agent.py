@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     problem = prepare_problem(spec)
     say(f"{spec.model.describe()}: baseline {problem.baseline_ms:.3f} ms, budget "
         f"{problem.budget_ms:.3f} ms, {len(problem.table.layers)} layers per episode")
+    describe = getattr(problem.predictor, "describe", None)
+    if describe is not None:
+        say(describe())
     return _train(spec, problem, CompressionEnv(problem=problem), out,
                   args.timesteps or spec.agent.timesteps)
 

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
     problem = prepare_problem(spec)
     env = CompressionEnv(problem=problem)
+    describe = getattr(problem.predictor, "describe", None)
+    if describe is not None:
+        say(describe())
     policy, attempts = propose_measured(agent, env)
     trained_on = agent.card.trained_on.get("model", "?")
     say(f"agent trained on {trained_on} applied to {spec.model.describe()} "
