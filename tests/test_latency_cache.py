@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from slimtune import targets
 from slimtune.export import export_onnx
 from slimtune.latency import MeasureProtocol
 from slimtune.models import build_builtin
-from slimtune import targets
 from slimtune.targets import cache_path, measure_on_target, subject_digest
 
 SHAPE = (1, 16, 16)
