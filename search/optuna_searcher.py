@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import math
 from abc import abstractmethod
+from collections import Counter
+from collections.abc import Sequence
 
 import optuna
 from optuna.trial import TrialState
 
+from slimtune.evaluate import constraint_excess
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
 
 LATENCY_CONSTRAINT = "latency_over_budget_ms"  # feasible when <= 0
+REQUEUED = "slimtune_requeued"  # user attr of a trial a crash interrupted (run again)
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 class OptunaSearcher(Searcher):
@@ -20,17 +30,26 @@ class OptunaSearcher(Searcher):
 
     The latency budget reaches the sampler as a trial constraint (``latency - budget``,
     feasible when <= 0), so an infeasible policy is known as infeasible, not merely as a
-    poor score.
+    poor score. So does every bound in ``constraints`` (the spec's ``constraints:``, set
+    by ``make_searcher``), as ``slimtune.evaluate.constraint_excess``; a metric a trial
+    did not produce (stopped at the latency gate) is told as 0, the latency already
+    marks that trial infeasible.
     """
 
     directions: tuple[str, ...] = ("maximize",)
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, trials: int = 16) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0, trials: int = 16,
+                 storage: str | None = None, study_name: str | None = None) -> None:
         super().__init__(space, seed=seed, trials=trials)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # With an RDB ``storage`` (sqlite:///..., postgresql://...) the study outlives the
+        # process: a resumed job loads it by ``study_name`` (see ``resume``).
         self.study = optuna.create_study(directions=list(self.directions),
-                                         sampler=self.make_sampler())
+                                         sampler=self.make_sampler(), storage=storage,
+                                         study_name=study_name,
+                                         load_if_exists=storage is not None)
         self._pending: list[tuple[Policy, optuna.Trial]] = []
+        self.constraints: dict[str, float] = {}
 
     @abstractmethod
     def make_sampler(self) -> optuna.samplers.BaseSampler:
@@ -42,7 +61,35 @@ class OptunaSearcher(Searcher):
 
     def enqueue(self, policy: Policy) -> None:
         """Evaluate ``policy`` first (a warm start from a known policy)."""
-        self.study.enqueue_trial(self.space.params_from_policy(policy))
+        # skip_if_exists: a resumed study already holds its warm-start trials
+        self.study.enqueue_trial(self.space.params_from_policy(policy), skip_if_exists=True)
+
+    def resume(self, finished: Sequence[TrialResult]) -> None:
+        """Continue a study a stopped job left in its storage.
+
+        ``finished`` are the trials the job recorded (``trials.jsonl``). Trials the crash
+        left RUNNING are marked FAIL and their parameters enqueued, so the same policies
+        run again; a trial told to Optuna but never recorded (a crash between the two) is
+        enqueued again too. Told and recorded trials are neither lost nor repeated.
+        """
+        recorded = Counter(_key(self.space.params_from_policy(r.policy)) for r in finished)
+        # Samplers do not store their random state: a sampler seeded as before would draw
+        # the stopped job's first policies again. Seed it from where the study stands.
+        self.seed = self.seed + 7919 * (len(self.study.trials) + 1)
+        self.study.sampler = self.make_sampler()
+        for trial in self.study.get_trials(deepcopy=False):
+            key = _key(trial.params)
+            if trial.user_attrs.get(REQUEUED):  # an earlier resume enqueued it again
+                continue
+            if trial.state == TrialState.RUNNING:
+                optuna.Trial(self.study, trial._trial_id).set_user_attr(REQUEUED, True)
+                self.study.tell(trial.number, state=TrialState.FAIL)
+                self.study.enqueue_trial(trial.params)
+            elif trial.state.is_finished():
+                if recorded[key]:
+                    recorded[key] -= 1
+                elif trial.params:
+                    self.study.enqueue_trial(trial.params)
 
     def ask(self) -> Policy:
         trial = self.study.ask(self.space.distributions())
@@ -58,4 +105,6 @@ class OptunaSearcher(Searcher):
             return
         trial.set_constraint(LATENCY_CONSTRAINT,
                              result.latency_ms - (result.budget_ms or float("inf")))
+        for key, excess in constraint_excess(result.to_dict(), self.constraints).items():
+            trial.set_constraint(key, excess if math.isfinite(excess) else 0.0)
         self.study.tell(trial, self.values(result))

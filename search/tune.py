@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.tune.search import Searcher as TuneSearcher
@@ -33,13 +34,27 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    # Ctrl-C must stop the job (KeyboardInterrupt, MLflow runs closed as KILLED), not make
+    # Tune end the search quietly and let the job report a short search as a success.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.ERROR
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    if env_address.startswith(("http://", "https://")):
+        # a dashboard URL for `slimtune submit`; ray.init would read it as a cluster to join
+        del os.environ["RAY_ADDRESS"]
+    elif not address and env_address:
+        address = env_address  # Ray's convention (set inside a submitted job, too)
     if address:
+        from slimtune.security import warn_if_exposed_ray
+
+        warn_if_exposed_ray(address)
         ray.init(address=address, logging_level=level, log_to_driver=verbose)
         return
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+    # address="local": always a fresh Ray for this job, even when another Ray cluster
+    # (someone's `ray start`) runs on this machine
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              _node_ip_address="127.0.0.1", logging_level=level, log_to_driver=verbose)
 
 
@@ -50,8 +65,25 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+FAULT_ENV = "SLIMTUNE_FAULT_KILL_TRIAL"  # test hook, see _inject_fault
+
+
+def _inject_fault(ctx: TrialContext, trial_id: int) -> None:
+    """Fault injection for tests: ``SLIMTUNE_FAULT_KILL_TRIAL=N`` SIGKILLs the worker
+    running trial N on its first attempt (a marker file beside ``trials/`` remembers it),
+    so Ray Tune's ``max_failures`` retry can be seen doing its work."""
+    if os.environ.get(FAULT_ENV) != str(trial_id):
+        return
+    marker = ctx.trials_dir.parent / f".fault-killed-{trial_id}"
+    if marker.exists():
+        return
+    marker.write_text(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _trainable(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
     """A Ray Tune function trainable: one policy in, one TrialResult (as JSON) out."""
+    _inject_fault(ctx, config["trial_id"])
     policy = Policy.from_dict(config["policy"])
     result = run_trial(ctx, config["trial_id"], policy, config["searcher"])
     return {"trial_json": json.dumps(result.to_dict()), "accuracy": result.accuracy or 0.0}
@@ -63,12 +95,14 @@ class AskTellAdapter(TuneSearcher):
     _DRIVER_ONLY = ("_asktell", "on_suggest", "on_complete", "_live")
 
     def __init__(self, searcher: Searcher, trials: int, on_suggest: OnSuggest,
-                 on_complete: OnComplete) -> None:
+                 on_complete: OnComplete, trial_ids: Sequence[int] | None = None) -> None:
         super().__init__(metric="accuracy", mode="max")
         # not ``self.searcher``: Ray Tune reads that name as a wrapped Tune searcher
         self._asktell, self.trials = searcher, trials
         self.on_suggest, self.on_complete = on_suggest, on_complete
         self._suggested = 0
+        # the ids given to the trials in order (a resumed job continues its numbering)
+        self._ids = list(trial_ids) if trial_ids is not None else list(range(trials))
         self._live: dict[str, tuple[int, Policy]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -86,7 +120,7 @@ class AskTellAdapter(TuneSearcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._suggested >= self.trials:
             return TuneSearcher.FINISHED
-        number, policy = self._suggested, self._asktell.ask()
+        number, policy = self._ids[self._suggested], self._asktell.ask()
         self._suggested += 1
         self._live[trial_id] = (number, policy)
         self.on_suggest(number, policy)
@@ -107,8 +141,15 @@ class AskTellAdapter(TuneSearcher):
 
 def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrency: int,
                on_suggest: OnSuggest, on_complete: OnComplete,
-               max_failures: int = 1) -> None:
-    """Run ``trials`` trials of ``searcher`` through Ray Tune (Ray must be started)."""
+               max_failures: int | None = None,
+               trial_ids: Sequence[int] | None = None) -> None:
+    """Run ``trials`` trials of ``searcher`` through Ray Tune (Ray must be started).
+
+    A trial whose worker dies is retried ``max_failures`` times (default: the spec's
+    ``search.max_failures``), then reported failed; the search goes on.
+    """
+    if max_failures is None:
+        max_failures = ctx.spec.search.max_failures
     from ray import tune
 
     cpus = float(ctx.spec.target.threads)
@@ -117,7 +158,8 @@ def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrenc
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=AskTellAdapter(searcher, trials, on_suggest, on_complete),
+                search_alg=AskTellAdapter(searcher, trials, on_suggest, on_complete,
+                                          trial_ids),
                 num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=ctx.spec.name, storage_path=storage, verbose=0,

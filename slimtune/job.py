@@ -19,6 +19,8 @@ from pathlib import Path
 from slimtune.baseline import prepare_baseline
 from slimtune.data import Dataset
 from slimtune.errors import BudgetError, UserInputError
+from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
+from slimtune.evaluate.trial_eval import job_reference
 from slimtune.latency import MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
 from slimtune.outputs import append_trial, copy_trial, write_json
@@ -26,9 +28,20 @@ from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front,
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
+from slimtune.resume import (
+    check_resume,
+    clear_unfinished,
+    free_ids,
+    new_study,
+    read_finished,
+    read_state,
+    sync_or_stop,
+    write_state,
+)
+from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
-from slimtune.tracking import Tracker
+from slimtune.tracking import PENDING_FILE, Tracker
 from slimtune.train import accuracy
 from slimtune.trial import TrialContext, deploy, measure
 from slimtune.validate import check_inputs
@@ -65,7 +78,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
     space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
-                                   round_to=spec.space.round_to)
+                                   round_to=spec.space.round_to, sparsity=spec.space.sparsity,
+                                   clusters=spec.space.clusters)
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     with tempfile.TemporaryDirectory(prefix="slimtune-preflight-") as tmp:
@@ -128,16 +142,36 @@ class JobOutcome:
 
 
 def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: str | None = None,
-            verbose: bool = False, protocol: MeasureProtocol | None = None) -> JobOutcome:
-    """Run a whole job; see the module docstring."""
+            verbose: bool = False, protocol: MeasureProtocol | None = None,
+            searcher: Searcher | None = None, resume: bool = False) -> JobOutcome:
+    """Run a whole job; see the module docstring. ``searcher`` replaces the spec's
+    (``slimtune apply`` runs a FixedSearcher). ``resume`` continues the stopped job in
+    ``out_dir`` (see ``slimtune.resume``)."""
     start = time.perf_counter()
     out_dir = out_dir.resolve()  # Ray workers run in directories of their own
     protocol = protocol or MeasureProtocol()
-    check_out_dir(out_dir, overwrite=overwrite)
+    if resume:
+        check_resume(out_dir, spec)
+    else:
+        check_out_dir(out_dir, overwrite=overwrite)
+    if not spec.target.is_local:  # a remote target is a Ray node: connect, check it exists
+        from slimtune.targets import connect_target
+
+        connect_target(spec.target.name, spec.target.threads, address, verbose=verbose)
     prep = preflight(spec, protocol)
-    prepare_out_dir(out_dir, overwrite=overwrite)
-    write_text_atomic(out_dir / "job.yaml", spec.to_yaml())
-    tracker = Tracker(spec.tracking_uri, spec.experiment)
+    if spec.search.warm_start_from is not None and searcher is None:
+        from slimtune.agents.transfer import check_warm_start
+
+        check_warm_start(spec.search.warm_start_from, prep.table)
+    if resume:
+        finished = read_finished(out_dir)
+        clear_unfinished(out_dir, finished)
+        state = read_state(out_dir)
+    else:
+        prepare_out_dir(out_dir, overwrite=overwrite)
+        write_text_atomic(out_dir / "job.yaml", spec.to_yaml())
+        finished, state = [], {}
+    tracker = Tracker(spec.tracking_uri, spec.experiment, pending=out_dir / PENDING_FILE)
     progress: Progress | None = None
     try:
         _say(f"baseline {spec.model.describe()} on {spec.data.dataset}: preparing")
@@ -146,26 +180,73 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.model.state_dict(),
                            data=prep.data, budget_ms=float("inf"),
                            trials_dir=out_dir / "trials", protocol=protocol)
-        base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+        if state.get("baseline"):  # a resumed job keeps its baseline figures and budget
+            base_info = dict(state["baseline"])
+        else:
+            base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
         budget = budget_ms(spec, base_info["latency_ms"])
         base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
         ctx = replace(ctx, budget_ms=budget)
+        if spec.metric_groups:
+            with machine_lock("shared"):
+                reference = job_reference(ctx, baseline.model, out_dir / "baseline")
+            ctx = replace(ctx, reference=reference)
+            base_info["metrics"] = dict(reference.metrics)
         _say(f"baseline ({baseline.source}): val accuracy {base_info['accuracy']:.4f}, "
              f"{base_info['latency_ms']:.3f} ms on {spec.target.runtime}; "
              f"budget {budget:.3f} ms")
 
-        parent = tracker.start_job(spec.name, _flat_params(spec),
-                                   {"searcher": spec.search.searcher})
-        tracker.log(parent, metrics={f"baseline_{k}": v for k, v in base_info.items()
-                                     if isinstance(v, (int, float))})
-        tracker.log_artifacts(parent, [out_dir / "job.yaml"])
+        if state.get("parent_run_id"):
+            closed = tracker.resume_job(state["parent_run_id"], {
+                r.mlflow_run_id: r for r in finished if r.mlflow_run_id})
+            parent = tracker.parent_id
+            _say(f"resume: {len(finished)} of {spec.search.trials} trials finished; "
+                 f"{closed['killed']} interrupted MLflow runs closed as KILLED")
+        else:
+            parent = tracker.start_job(spec.name, _flat_params(spec),
+                                       {"searcher": spec.search.searcher})
+            tracker.log(parent, metrics={f"baseline_{k}": v for k, v in base_info.items()
+                                         if isinstance(v, (int, float))})
+            tracker.log(parent, metrics={f"baseline_{k}": v for k, v in
+                                         flat_metrics(base_info.get("metrics", {})).items()})
+            tracker.log_artifacts(parent, [out_dir / "job.yaml"])
+        storage, study_name = new_study(spec, out_dir)
+        study_name = state.get("study_name") or study_name
+        state = write_state(out_dir, parent_run_id=parent, study_name=study_name,
+                            baseline=base_info)
 
         from slimtune.search import make_searcher
         from slimtune.search.tune import run_search, start_ray, stop_ray
 
-        searcher = make_searcher(spec.search.searcher, prep.space, seed=spec.search.seed,
-                                 trials=spec.search.trials, warm_start=spec.search.warm_start)
-        results: list[TrialResult] = []
+        def problem_factory():  # the AMC env's problem, for ppo and agent warm starts
+            from slimtune.envs.problem import problem_from_parts
+
+            return problem_from_parts(spec, prep.data, prep.table, prep.space, baseline.model,
+                                      baseline_ms=base_info["latency_ms"], budget_ms=budget)
+
+        given = searcher
+        searcher = given or make_searcher(
+            spec.search.searcher, prep.space, seed=spec.search.seed, trials=spec.search.trials,
+            warm_start=spec.search.warm_start, storage=storage, study_name=study_name,
+            constraints=spec.constraints,
+            problem_factory=problem_factory)
+        if spec.search.warm_start_from is not None and given is None:
+            from slimtune.agents.transfer import warm_start_policy
+
+            first, lines = warm_start_policy(spec.search.warm_start_from, prep.space,
+                                             problem_factory)
+            for line in lines:
+                _say(f"warm start: {line}")
+            searcher.enqueue(first)
+        if searcher.name == "ppo":
+            _say(f"ppo: training the agent for {spec.agent.timesteps} env steps on the proxy")
+        if resume and given is None:
+            from slimtune.search.resume import resume_searcher
+
+            searcher = resume_searcher(searcher, finished)
+        searcher.prepare()
+        results: list[TrialResult] = list(finished)
+        remaining = max(spec.search.trials - len(finished), 0)
         runs: dict[int, str] = {}
 
         def on_suggest(number: int, policy: Policy) -> None:
@@ -176,8 +257,10 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
             run_id = runs.pop(result.trial_id)
             result = replace(result, mlflow_run_id=run_id, budget_ms=budget,
                              searcher=searcher.name)
+            append_trial(out_dir, result)  # first: a finished trial is never lost
             tracker.end_trial(run_id, result)
-            append_trial(out_dir, result)
+            if tracker.degraded:
+                tracker.sync()
             results.append(result)
             progress.update(results)
 
@@ -186,16 +269,22 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         start_ray(address, verbose=verbose)
         progress = Progress(spec.search.trials, budget)
         try:
-            run_search(ctx, searcher, trials=spec.search.trials,
-                       concurrency=spec.search.concurrency,
-                       on_suggest=on_suggest, on_complete=on_complete)
+            if remaining:
+                run_search(ctx, searcher, trials=remaining,
+                           concurrency=spec.search.concurrency,
+                           on_suggest=on_suggest, on_complete=on_complete,
+                           trial_ids=free_ids((r.trial_id for r in finished), remaining))
         finally:
             stop_ray()
         search_seconds = time.perf_counter() - search_start
         progress.close()
+        if getattr(searcher, "agent", None) is not None:  # ppo: keep the trained agent
+            searcher.agent.save(out_dir / "agent.zip")
+            tracker.log_artifacts(parent, [out_dir / "agent.zip"])
         outcome = _finish(spec, out_dir, tracker, results, base_info, budget, start,
                           search_seconds)
         tracker.end(parent, "FINISHED")
+        sync_or_stop(tracker, out_dir)
         return outcome
     except KeyboardInterrupt:
         tracker.close_all("KILLED")
@@ -229,11 +318,14 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
 
 def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],
             base: dict, budget: float, start: float, search_seconds: float) -> JobOutcome:
-    front = pareto_front(results)
+    front = pareto_front(results, spec.objectives)
     best = best_feasible(results)
     hv = normalized_hypervolume(front, budget_ms=budget, baseline_size_bytes=base["size_bytes"])
     write_json(out_dir / "pareto.json", {
-        "objectives": {"accuracy": "max", "latency_ms": "min", "size_bytes": "min"},
+        "objectives": {k: "max" if OBJECTIVES[k] == "maximize" else "min"
+                       for k in spec.objectives},
+        "constraints": spec.constraints, "mlflow_parent_run_id": tracker.parent_id,
+        "tracking_uri": spec.tracking_uri,
         "budget_ms": budget, "hypervolume": hv, "baseline": base,
         "best_trial": best.trial_id if best else None,
         "front": [r.to_dict() for r in front]})
@@ -258,9 +350,24 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
                                                          "trials.jsonl")])
     if best is not None:
         tracker.log_artifacts(parent, sorted((out_dir / "best").iterdir()), subdir="best")
+    if spec.metric_groups:
+        _report(out_dir, tracker, parent)
     wall = time.perf_counter() - start
     return JobOutcome(out_dir, results, front, best, base, budget, hv, spec.tracking_uri,
                       parent, wall, search_seconds, trial_seconds)
+
+
+def _report(out_dir: Path, tracker: Tracker, parent: str) -> None:
+    """``report.html`` (slimtune.commands.report), attached to the parent run; a report
+    that cannot be built costs a warning, not the finished search."""
+    from slimtune.report import write_report
+
+    try:
+        path = write_report(out_dir, out_dir / "report.html")
+    except Exception as err:  # noqa: BLE001 - the search itself is done and recorded
+        _say(f"report.html not written: {type(err).__name__}: {err}")
+        return
+    tracker.log_artifacts(parent, [path])
 
 
 def _flat_params(spec: JobSpec) -> dict[str, str]:

@@ -50,6 +50,8 @@ class LatencyStats:
     batch_size: int
     round_medians_ms: tuple[float, ...]
     rejected_rounds: int = 0  # rounds re-measured because their median was off
+    target: str = "local"  # the spec's target name (slimtune.targets) that measured it
+    cached: bool = False  # True: read back from the latency cache, measured earlier
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/MLflow-friendly dict (tuples become lists)."""
@@ -269,6 +271,29 @@ def machine_lock(kind: LockKind, *, timeout: float | None = None) -> Iterator[No
                 _flock(held.fd, after, None)
 
 
+LOCK_LOG_ENV = "SLIMTUNE_LOCK_LOG"
+
+
+@contextlib.contextmanager
+def _lock_log(what: str) -> Iterator[None]:
+    """With ``$SLIMTUNE_LOCK_LOG`` set, append ``start|end WHAT PID NS`` lines (written while
+    the exclusive lock is held) so tests can check no two measurements overlapped."""
+    path = os.environ.get(LOCK_LOG_ENV)
+    if not path:
+        yield
+        return
+
+    def line(event: str) -> None:
+        with open(path, "a") as f:
+            f.write(f"{event} {what} {os.getpid()} {time.time_ns()}\n")
+
+    line("start")
+    try:
+        yield
+    finally:
+        line("end")
+
+
 def _time_round(run_once: Callable[[], None], protocol: MeasureProtocol) -> list[int]:
     """Nanoseconds per call for one round."""
     samples: list[int] = []
@@ -305,7 +330,7 @@ def measure_latency(
     Garbage collection is paused while timing so it does not land inside a sample.
     """
     gc_was_enabled = gc.isenabled()
-    with machine_lock("exclusive"):
+    with machine_lock("exclusive"), _lock_log("measure"):
         try:
             gc.disable()
             for _ in range(protocol.warmup):

@@ -25,7 +25,7 @@ from slimtune.errors import UserInputError
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.result import TrialResult
 
-TRIAL_FILES = ("policy.json", "model.onnx", "model.pt")
+TRIAL_FILES = ("policy.json", "model.onnx", "model.pt", "layers.json")
 
 
 def append_trial(out_dir: Path, result: TrialResult) -> None:

@@ -1,34 +1,53 @@
-"""Pareto front of feasible trials (accuracy up, latency down, size down) and its hypervolume."""
+"""Pareto front of feasible trials (accuracy up, latency down, size down) and its hypervolume.
+
+The objectives default to accuracy, latency and size; the spec's ``objectives:`` may
+name others, among them any behaviour metric (``fgsm_accuracy`` up, ``ece`` down: the
+direction comes from ``slimtune.evaluate.OBJECTIVES``).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from slimtune.evaluate.registry import DEFAULT_OBJECTIVES, OBJECTIVES
 from slimtune.result import TrialResult
 
-
-def _costs(r: TrialResult) -> tuple[float, float, float]:
-    """All three objectives as costs to minimise."""
-    return (-float(r.accuracy or 0.0), float(r.latency_ms or 0.0), float(r.size_bytes or 0))
+_OWN = ("accuracy", "latency_ms", "size_bytes", "macs", "params")  # TrialResult fields
 
 
-def dominates(a: TrialResult, b: TrialResult) -> bool:
+def _costs(r: TrialResult, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> tuple[float, ...]:
+    """Every objective as a cost to minimise; a behaviour metric the trial lacks is +inf."""
+    costs = []
+    for key in objectives:
+        value = getattr(r, key) if key in _OWN else r.metrics.get(key)
+        if value is None and key not in _OWN:
+            costs.append(math.inf)
+            continue
+        v = float(value or 0.0)
+        costs.append(-v if OBJECTIVES[key] == "maximize" else v)
+    return tuple(costs)
+
+
+def dominates(a: TrialResult, b: TrialResult,
+              objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> bool:
     """True if ``a`` is no worse than ``b`` in every objective and better in one."""
-    ca, cb = _costs(a), _costs(b)
+    ca, cb = _costs(a, objectives), _costs(b, objectives)
     return all(x <= y for x, y in zip(ca, cb, strict=True)) and ca != cb
 
 
-def pareto_front(results: Sequence[TrialResult]) -> list[TrialResult]:
+def pareto_front(results: Sequence[TrialResult],
+                 objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[TrialResult]:
     """The non-dominated feasible trials, ordered by latency. Ties keep the first trial."""
     feasible = [r for r in results if r.feasible]
     front: list[TrialResult] = []
     for r in feasible:
-        if any(dominates(o, r) for o in feasible):
+        if any(dominates(o, r, objectives) for o in feasible):
             continue
-        if any(_costs(f) == _costs(r) for f in front):
+        if any(_costs(f, objectives) == _costs(r, objectives) for f in front):
             continue
         front.append(r)
     return sorted(front, key=lambda r: (r.latency_ms, -(r.accuracy or 0.0)))

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from slimtune.evaluate.registry import METRIC_KEYS
 from slimtune.policy import Policy
 
 
@@ -18,6 +19,11 @@ class TrialResult:
     the measured median on the target; ``latency`` holds the full measurement.
     ``state`` is ``ok``, ``infeasible`` (measured over budget: not fine-tuned, never on
     the front) or ``failed`` (an error inside the trial, in ``error``).
+
+    ``metrics`` holds the behaviour metrics (``slimtune.evaluate``) of a trial that passed
+    the latency gate; they are flattened into the row (``ece``, ``agreement``, ...).
+    ``violations`` names the spec's ``constraints`` the trial broke: such a trial is
+    ``infeasible`` like one over the latency budget.
     """
 
     trial_id: int
@@ -35,6 +41,8 @@ class TrialResult:
     seconds: float = 0.0
     mlflow_run_id: str = ""
     error: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    violations: tuple[str, ...] = ()
 
     @property
     def feasible(self) -> bool:
@@ -44,10 +52,15 @@ class TrialResult:
         data = asdict(self)
         data["policy"] = self.policy.to_dict()
         data["feasible"] = self.feasible
+        data["violations"] = list(self.violations)
+        metrics = data.pop("metrics")
+        data.update({k: v for k, v in metrics.items() if k not in data})
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["policy"] = Policy.from_dict(data["policy"])
+        fields["violations"] = tuple(data.get("violations", ()))
+        fields["metrics"] = {k: data[k] for k in METRIC_KEYS if k in data}
         return cls(**fields)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimtune.compress import kept_channels, prune_structure
+from slimtune.compress import group_kept, kept_channels, prune_structure
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 
@@ -67,8 +67,7 @@ class ChannelMap:
         for g in self.table.groups:
             ratio = policy.ratio(g.name)
             if ratio > 0:
-                out[g.name] = g.channels - kept_channels(
-                    g.channels, ratio, min_channels=g.min_channels, round_to=self.round_to)
+                out[g.name] = g.channels - group_kept(g, ratio, self.round_to)
         return out
 
     def shapes(self, policy: Policy) -> dict[str, LayerShape]:

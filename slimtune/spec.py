@@ -7,6 +7,7 @@ them. New keys may be added; none may be renamed.
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +16,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimtune.errors import SpecError
-from slimtune.policy import ALLOWED_BITS
+from slimtune.evaluate.registry import (
+    BOUNDS,
+    DEFAULT_GROUPS,
+    DEFAULT_OBJECTIVES,
+    GROUPS,
+    OBJECTIVES,
+    check_bound,
+    group_of,
+)
+from slimtune.policy import ALLOWED_BITS, MAX_CLUSTERS, MIN_CLUSTERS
 
-SEARCHERS = ("tpe", "nsga2", "random", "uniform")
+SEARCHERS = ("tpe", "nsga2", "random", "uniform", "ppo")
 RUNTIMES = ("torch", "onnxruntime")
 BUILTIN_JOBS = ("quickstart",)
 
@@ -47,9 +57,9 @@ class DataSpec(_Strict):
     """Which dataset, and how many examples of each split (None: all)."""
 
     dataset: Literal["fashion-mnist", "digits", "synthetic"]
-    train_size: int | None = Field(default=None, gt=0)
-    val_size: int | None = Field(default=None, gt=0)
-    test_size: int | None = Field(default=None, gt=0)
+    train_size: int | None = Field(default=None, gt=0, le=100_000_000)
+    val_size: int | None = Field(default=None, gt=0, le=100_000_000)
+    test_size: int | None = Field(default=None, gt=0, le=100_000_000)
 
 
 class BudgetSpec(_Strict):
@@ -70,15 +80,21 @@ class TargetSpec(_Strict):
 
     name: str = "local"
     runtime: Literal["torch", "onnxruntime"] = "onnxruntime"
-    threads: int = Field(default=2, ge=1)
-    batch_size: int = Field(default=1, ge=1)
+    threads: int = Field(default=2, ge=1, le=1024)
+    batch_size: int = Field(default=1, ge=1, le=65_536)
 
     @field_validator("name")
     @classmethod
-    def _local_only(cls, v: str) -> str:
-        if v != "local":
-            raise ValueError("only the 'local' target is supported in this version")
+    def _target_name(cls, v: str) -> str:
+        # 'local' measures here; any other name is the Ray node carrying 'target:<name>'
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("a target name is letters, digits, '_', '.' and '-' "
+                             "('local', or the Ray resource 'target:<name>' of a node)")
         return v
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == "local"
 
 
 class SearchSpec(_Strict):
@@ -86,14 +102,39 @@ class SearchSpec(_Strict):
 
     ``warm_start: uniform`` makes an Optuna searcher evaluate two uniform policies first
     (all layers int8 and unpruned; half the channels, fp32), so a short search starts
-    from known feasible ground instead of random guesses.
+    from known feasible ground instead of random guesses. ``warm_start_from`` names a
+    saved ``policy.json`` (carried to this model by layer features) or a trained
+    ``agent.zip`` (run on this model); its policy is the first trial.
     """
 
-    searcher: Literal["tpe", "nsga2", "random", "uniform"] = "tpe"
-    trials: int = Field(default=16, ge=1)
+    searcher: Literal["tpe", "nsga2", "random", "uniform", "ppo"] = "tpe"
+    trials: int = Field(default=16, ge=1, le=100_000)
     seed: int = 0
-    concurrency: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=1, ge=1, le=1024)
     warm_start: Literal["none", "uniform"] = "none"
+    warm_start_from: Path | None = None  # a policy.json or agent.zip, evaluated first
+
+    @model_validator(mode="after")
+    def _warm_start_needs_a_queue(self) -> SearchSpec:
+        if self.warm_start_from is not None and self.searcher == "uniform":
+            raise ValueError("warm_start_from needs a searcher that can evaluate a given "
+                             "policy first (tpe, nsga2, random or ppo), not uniform")
+        if self.warm_start_from is not None and self.warm_start_from.suffix not in (".json",
+                                                                                   ".zip"):
+            raise ValueError("warm_start_from must be a policy .json or an agent .zip")
+        return self
+    # Where an Optuna searcher keeps its study (an Optuna RDB URL, e.g. postgresql://...);
+    # None: ``sqlite:///DIR/study.db`` in the output directory. ``run --resume`` reloads it.
+    storage: str | None = None
+    # Ray Tune retries of a trial whose worker died, before the trial is marked failed.
+    max_failures: int = Field(default=2, ge=0, le=100)
+
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:///", "postgresql", "mysql")):
+            raise ValueError("storage must be an RDB URL: sqlite:///FILE.db or postgresql://...")
+        return v
 
 
 class SpaceSpec(_Strict):
@@ -102,6 +143,25 @@ class SpaceSpec(_Strict):
     prune_ratios: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
     bits: tuple[int, ...] = (32, 8)
     round_to: int = Field(default=4, ge=1)
+    # Deep Compression per layer (slimtune.deep_compression); empty: dimension off. 0 (no
+    # sparsity, no sharing) is always a choice besides the listed ones.
+    sparsity: tuple[float, ...] = ()
+    clusters: tuple[int, ...] = ()
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= s < 1.0 for s in v):
+            raise ValueError("sparsity must be a list of values in [0, 1)")
+        return tuple(sorted(set(v)))
+
+    @field_validator("clusters")
+    @classmethod
+    def _clusters(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not MIN_CLUSTERS <= k <= MAX_CLUSTERS for k in v):
+            raise ValueError(f"clusters must be a list of integers in "
+                             f"[{MIN_CLUSTERS}, {MAX_CLUSTERS}]")
+        return tuple(sorted(set(v)))
 
     @field_validator("prune_ratios")
     @classmethod
@@ -125,7 +185,7 @@ class BaselineSpec(_Strict):
     baseline and one validation split.
     """
 
-    epochs: float = Field(default=2.0, gt=0)
+    epochs: float = Field(default=2.0, gt=0, le=10_000)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.05, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
@@ -135,13 +195,45 @@ class BaselineSpec(_Strict):
 class FinetuneSpec(_Strict):
     """The short fine-tune every trial gets after compression."""
 
-    steps: int = Field(default=80, ge=0)
+    steps: int = Field(default=80, ge=0, le=10_000_000)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=0.01, gt=0)
     distill: bool = True
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.7, ge=0, le=1)
     calibration_size: int = Field(default=128, ge=1)
+
+
+class EnvSpec(_Strict):
+    """The AMC environment: how an episode's policy is scored (see slimtune.envs).
+
+    The proxy is cheap on purpose: BN statistics recalibrated on ``recal_batches``
+    training batches after ``proxy_steps`` distillation steps, accuracy on the first
+    ``proxy_val_size`` validation examples. ``reward``: ``acc`` (proxy accuracy) or
+    ``error_log_flops`` (AMC's -error * log(MACs)). An episode whose measured latency
+    misses the budget loses ``infeasible_penalty``.
+    """
+
+    reward: Literal["acc", "error_log_flops"] = "acc"
+    proxy_steps: int = Field(default=10, ge=0)
+    proxy_val_size: int = Field(default=512, ge=1)
+    recal_batches: int = Field(default=4, ge=0)
+    infeasible_penalty: float = Field(default=1.0, ge=0)
+
+
+class AgentSpec(_Strict):
+    """PPO (stable-baselines3) for ``slimtune agent train`` and ``searcher: ppo``.
+
+    ``init`` starts from a trained agent.zip instead of a fresh network.
+    """
+
+    timesteps: int = Field(default=2048, ge=1)
+    n_steps: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=64, ge=8)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    ent_coef: float = Field(default=0.01, ge=0)
+    net_arch: tuple[int, ...] = (64, 64)
+    init: Path | None = None
 
 
 class TrackingSpec(_Strict):
@@ -163,7 +255,47 @@ class JobSpec(_Strict):
     space: SpaceSpec = SpaceSpec()
     baseline: BaselineSpec = BaselineSpec()
     finetune: FinetuneSpec = FinetuneSpec()
+    env: EnvSpec = EnvSpec()
+    agent: AgentSpec = AgentSpec()
     tracking: TrackingSpec = TrackingSpec()
+    # behaviour metrics (slimtune.evaluate): groups computed per trial, bounds, front axes
+    evaluate: tuple[str, ...] = DEFAULT_GROUPS
+    constraints: dict[str, float] = {}
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+
+    @field_validator("evaluate")
+    @classmethod
+    def _groups(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in GROUPS:
+                raise ValueError(f"unknown metric group {name!r}; valid: {', '.join(GROUPS)}")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("constraints")
+    @classmethod
+    def _bounds(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, bound in v.items():
+            problem = check_bound(key, bound)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in OBJECTIVES:
+                raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("objectives must be a non-empty list without repeats")
+        return v
+
+    @property
+    def metric_groups(self) -> tuple[str, ...]:
+        """``evaluate`` plus every group a constraint or an objective needs (registry order)."""
+        needed = set(self.evaluate) | {group_of(k) for k in (*self.constraints, *self.objectives)
+                                       if k in BOUNDS}
+        return tuple(g for g in GROUPS if g in needed)
 
     @property
     def tracking_uri(self) -> str:
@@ -177,6 +309,18 @@ class JobSpec(_Strict):
         """A copy with search fields replaced (``trials=``, ``searcher=``), re-validated."""
         data = self.model_dump(by_alias=True)
         data["search"].update({k: v for k, v in search.items() if v is not None})
+        return parse_spec(data)
+
+    def with_sections(self, **sections: Any) -> JobSpec:
+        """A copy with spec sections merged key by key (``budget={"latency_fraction": .5}``);
+        a non-mapping value replaces the section (``name="x"``). Re-validated."""
+        data = self.model_dump(by_alias=True)
+        for key, value in sections.items():
+            if (isinstance(value, dict) and isinstance(data.get(key), dict)
+                    and key not in ("model", "budget")):  # one-of sections are replaced
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
         return parse_spec(data)
 
     def to_yaml(self) -> str:
@@ -207,7 +351,20 @@ def parse_spec(data: Any, *, base_dir: Path | None = None) -> JobSpec:
     if weights is not None and base_dir is not None and not weights.is_absolute():
         model = spec.model.model_copy(update={"weights": (base_dir / weights).resolve()})
         spec = spec.model_copy(update={"model": model})
+    if base_dir is not None:
+        spec = _resolve_paths(spec, base_dir)
     return spec
+
+
+def _resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
+    """Relative ``search.warm_start_from`` and ``agent.init`` resolve against the spec's dir."""
+    def resolved(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else (base_dir / path).resolve()
+
+    search = spec.search.model_copy(
+        update={"warm_start_from": resolved(spec.search.warm_start_from)})
+    agent = spec.agent.model_copy(update={"init": resolved(spec.agent.init)})
+    return spec.model_copy(update={"search": search, "agent": agent})
 
 
 def load_spec(path_or_name: str | os.PathLike[str]) -> JobSpec:

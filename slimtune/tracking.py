@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from slimtune.errors import UserInputError
+from slimtune.evaluate.registry import flat_metrics
 from slimtune.result import TrialResult
 
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+PLACEHOLDER = "pending-"  # run ids handed out while MLflow is unreachable
+PENDING_FILE = "mlflow-pending.jsonl"  # the journal, in the job's output directory
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow stayed unreachable: records are kept in the journal, the job is not done."""
+
+    exit_code = 3
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def _read_journal(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_journal(path: Path | None, ops: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    if not ops:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    os.replace(tmp, path)
 
 
 def _quiet_mlflow() -> None:
@@ -61,15 +96,26 @@ def check_tracking_uri(uri: str) -> None:
 class Tracker:
     """Writes a job to MLflow through ``MlflowClient`` (no global active-run state)."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, pending: Path | None = None) -> None:
+        """``pending``: a journal file; with it, MLflow calls that fail (server briefly
+        unreachable) are kept there in order and replayed by ``sync`` instead of failing
+        the job. Without it, a failing call raises as before."""
         _quiet_mlflow()
+        if pending is not None:  # the journal is the retry: fail fast instead of minutes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment(experiment)
+        self.pending = pending
+        self._queue: list[dict[str, Any]] = _read_journal(pending)
+        self.run_ids: dict[str, str] = {}  # placeholder -> real run id, filled by sync
         self.parent_id: str | None = None
         self._open: set[str] = set()
+        self.experiment_id = self._experiment(experiment)
+        if self._queue:
+            self.sync()  # an earlier job's records first, in order
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -83,22 +129,126 @@ class Tracker:
             tags={"mlflow.experimentKind": "custom_model_development"})
 
     def _create(self, name: str, tags: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
-        self._open.add(run.info.run_id)
-        return run.info.run_id
+        run_id = self._do("create_run", None, name=name, tags=dict(tags),
+                          start_time=int(time.time() * 1000))
+        self._open.add(run_id)
+        return run_id
+
+    # -- every write goes through _do: applied now, or journalled while MLflow is away --
+
+    @property
+    def degraded(self) -> bool:
+        """True while records wait in the journal for MLflow to come back."""
+        return bool(self._queue)
+
+    def _apply(self, op: dict[str, Any]) -> Any:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id = self.run_ids.get(op.get("run_id") or "", op.get("run_id"))
+        kind = op["op"]
+        if kind == "create_run":
+            tags = {k: self.run_ids.get(v, v) if k == "mlflow.parentRunId" else v
+                    for k, v in op["tags"].items()}
+            run = self.client.create_run(self.experiment_id, run_name=op["name"], tags=tags,
+                                         start_time=op["start_time"])
+            return run.info.run_id
+        if kind == "log_batch":
+            self.client.log_batch(
+                run_id, params=[Param(k, v) for k, v in op["params"]],
+                metrics=[Metric(k, v, op["time"], 0) for k, v in op["metrics"]],
+                tags=[RunTag(k, v) for k, v in op["tags"]])
+        elif kind == "set_terminated":
+            self.client.set_terminated(run_id, op["status"], end_time=op["time"])
+        elif kind == "log_artifact":
+            self.client.log_artifact(run_id, op["path"], artifact_path=op["subdir"])
+        elif kind == "update_run":
+            self.client.update_run(run_id, status=op["status"])
+        else:
+            raise ValueError(f"unknown MLflow journal op {kind!r}")
+        return None
+
+    def _do(self, kind: str, run_id: str | None, **args: Any) -> Any:
+        op = {"op": kind, "run_id": run_id, **args}
+        if not self._queue:
+            try:
+                return self._apply(op)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise
+            except Exception as err:  # noqa: BLE001 - HTTP, SQL and MLflow errors alike
+                if self.pending is None:
+                    raise
+                logging.getLogger(__name__).warning("MLflow call failed: %s", err)
+                print(f"slimtune: warning: MLflow at {self.uri} is unreachable "
+                      f"({_first_line(err)}); keeping records in {self.pending} and "
+                      "syncing when it is back", file=sys.stderr, flush=True)
+        result = None
+        if kind == "create_run":
+            result = op["placeholder"] = f"{PLACEHOLDER}{uuid.uuid4().hex}"
+        self._queue.append(op)
+        _write_journal(self.pending, self._queue)
+        return result
+
+    def sync(self) -> bool:
+        """Replay the journal in order; True when nothing is left in it."""
+        while self._queue:
+            op = self._queue[0]
+            try:
+                result = self._apply(op)
+            except Exception as err:  # noqa: BLE001
+                logging.getLogger(__name__).info("MLflow sync stopped: %s", err)
+                return False
+            if op["op"] == "create_run":
+                self.run_ids[op["placeholder"]] = result
+                if op["placeholder"] in self._open:
+                    self._open.discard(op["placeholder"])
+                    self._open.add(result)
+                if self.parent_id == op["placeholder"]:
+                    self.parent_id = result
+            self._queue.pop(0)
+            _write_journal(self.pending, self._queue)
+        return True
+
+    def real_id(self, run_id: str) -> str:
+        """The MLflow run id of ``run_id`` (a placeholder while journalled)."""
+        return self.run_ids.get(run_id, run_id)
+
+    def resume_job(self, parent_id: str, finished: Mapping[str, TrialResult]) -> dict[str, int]:
+        """Reopen a stopped job's parent run and close its children left RUNNING.
+
+        A child whose trial is in ``finished`` (by run id) gets its results and ends
+        FINISHED/FAILED; any other child was interrupted and ends KILLED.
+        """
+        self.parent_id = self.real_id(parent_id)
+        self._do("update_run", self.parent_id, status="RUNNING")
+        self._open.add(self.parent_id)
+        counts = {"killed": 0, "synced": 0}
+        for run in self.open_children(self.parent_id):
+            result = finished.get(run.info.run_id)
+            if result is not None:
+                self.end_trial(run.info.run_id, result)
+                counts["synced"] += 1
+            else:
+                self.end(run.info.run_id, "KILLED")
+                counts["killed"] += 1
+        return counts
+
+    def open_children(self, parent_id: str) -> list:
+        """Child runs of ``parent_id`` still RUNNING."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
+                          "and attributes.status = 'RUNNING'",
+            max_results=10_000)
 
     def log(self, run_id: str, *, params: Mapping[str, Any] = {},
             metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {}) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        param_list = [Param(k, str(v)) for k, v in params.items()]
+        param_list = [(k, str(v)) for k, v in params.items()]
         for i in range(0, max(len(param_list), 1), _BATCH):
             chunk = param_list[i:i + _BATCH]
             first = i == 0
-            self.client.log_batch(
-                run_id, params=chunk,
-                metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()] if first else [],
-                tags=[RunTag(k, str(v)) for k, v in tags.items()] if first else [])
+            self._do("log_batch", run_id, params=chunk, time=0,
+                     metrics=[(k, float(v)) for k, v in metrics.items()] if first else [],
+                     tags=[(k, str(v)) for k, v in tags.items()] if first else [])
 
     def start_job(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         self.parent_id = self._create(name, {"slimtune.kind": "job", **tags})
@@ -118,15 +268,17 @@ class Tracker:
         tags = {"feasible": str(result.feasible).lower(), "state": result.state}
         if result.error:
             tags["error"] = result.error[:5000]
+        if result.violations:
+            tags["violations"] = ",".join(result.violations)
         self.log(run_id, metrics=metrics, tags=tags)
         self.end(run_id, "FAILED" if result.state == "failed" else "FINISHED")
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
         for path in paths:
-            self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+            self._do("log_artifact", run_id, path=str(path), subdir=subdir)
 
     def end(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+        self._do("set_terminated", run_id, status=status, time=int(time.time() * 1000))
         self._open.discard(run_id)
 
     def close_all(self, status: str) -> None:
@@ -154,4 +306,5 @@ def trial_metrics(result: TrialResult) -> dict[str, float | None]:
         "budget_ms": result.budget_ms,
         "feasible": float(result.feasible),
         "trial_seconds": result.seconds,
+        **flat_metrics(result.metrics),
     }

@@ -5,6 +5,9 @@ whose measured latency misses the budget stops there (infeasible, never fine-tun
 A feasible one is fine-tuned with distillation from the baseline, then the deployed
 artefact (ONNX, int8 where the policy says 8 bits) is measured again and evaluated:
 the reported latency and accuracy are those of the very file ``export`` hands out.
+Its behaviour metrics (``slimtune.evaluate``, the spec's ``evaluate:``) come last; a
+trial that breaks one of the spec's ``constraints:`` is ``infeasible`` with the bounds
+it broke in ``violations``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,19 @@ from slimtune.compress import (
     quantize_weights,
 )
 from slimtune.data import Dataset
+from slimtune.deep_compression import finetune_compressed, policy_size_bytes
+from slimtune.evaluate import violations
+from slimtune.evaluate.suite import BehaviourReference
+from slimtune.evaluate.trial_eval import evaluate_trial
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
-from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock, measure_model
+from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
 from slimtune.train import accuracy, predict, train
+
+LAYERS_FILE = "layers.json"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ class TrialContext:
     budget_ms: float
     trials_dir: Path
     protocol: MeasureProtocol = MeasureProtocol()
+    # the baseline's side of the behaviour metrics (slimtune.evaluate), made once per job;
+    # None: a trial computes it from the fp32 torch baseline
+    reference: BehaviourReference | None = None
 
     def baseline_model(self) -> nn.Module:
         model = build_model(self.spec.model, num_classes=self.data.num_classes,
@@ -86,10 +98,15 @@ def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path)
 
 
 def measure(ctx: TrialContext, deployed: Deployed) -> LatencyStats:
+    """Latency of ``deployed`` on the spec's target (remote via Ray, or here), cached by
+    (model hash, target, runtime settings, protocol): see ``slimtune.targets``."""
+    from slimtune.targets import measure_on_target
+
     target = ctx.spec.target
     subject: Any = deployed.model if deployed.onnx_path is None else deployed.onnx_path
-    return measure_model(subject, target.runtime, ctx.data.input_shape, target.batch_size,
-                         target.threads, ctx.protocol)
+    return measure_on_target(target.name, subject, runtime=target.runtime,
+                             input_shape=ctx.data.input_shape, batch_size=target.batch_size,
+                             threads=target.threads, protocol=ctx.protocol)
 
 
 def run_trial(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str) -> TrialResult:
@@ -131,25 +148,39 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
     out.mkdir(parents=True, exist_ok=True)
     ft = spec.finetune
     with machine_lock("shared"):
-        train(model, ctx.data.train, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr,
-              seed=spec.search.seed + trial_id, teacher=teacher if ft.distill else None,
-              temperature=ft.temperature, alpha=ft.alpha)
+        with finetune_compressed(model, ctx.table, policy):  # no-op without Deep Compression
+            train(model, ctx.data.train, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr,
+                  seed=spec.search.seed + trial_id, teacher=teacher if ft.distill else None,
+                  temperature=ft.temperature, alpha=ft.alpha)
         quantize_weights(model, ctx.table, policy, include_8bit=spec.target.runtime == "torch")
         deployed = deploy(ctx, model, policy, out / "model.onnx")
     latency = measure(ctx, deployed)
     with machine_lock("shared"):
         threads = spec.target.threads
         val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
-        test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+        test_logits = deployed.logits(ctx.data.test.x, threads)
+        test = accuracy(test_logits, ctx.data.test.y)
+        behaviour = evaluate_trial(ctx, deployed, model, policy, test_logits, out)
     save_trial_model(out, model, policy, ctx)
     if deployed.onnx_path is None:  # torch target: an fp32 ONNX export for deployment
         export_onnx(model, ctx.data.input_shape, out / "model.onnx")
     feasible = latency.median_ms <= ctx.budget_ms
-    return TrialResult(**base, state="ok" if feasible else "infeasible", accuracy=val,
+    broken = violations({"accuracy": val, **behaviour.metrics}, spec.constraints)
+    return TrialResult(**base, state="ok" if feasible and not broken else "infeasible",
+                       accuracy=val, metrics=behaviour.metrics, violations=tuple(broken),
                        test_accuracy=test, latency_ms=latency.median_ms,
                        latency=latency.to_dict(),
-                       size_bytes=packed_size_bytes(model, ctx.table, policy),
+                       size_bytes=policy_size_bytes(model, ctx.table, policy),
                        seconds=time.perf_counter() - start)
+
+
+def save_layer_table(out: Path, table: LayerTable) -> None:
+    """``layers.json`` beside a ``policy.json``: the features that carry it to other models."""
+    import json
+
+    from slimtune.policy import write_text_atomic
+
+    write_text_atomic(out / LAYERS_FILE, json.dumps(table.to_dict()) + "\n")
 
 
 def save_trial_model(out: Path, model: nn.Module, policy: Policy, ctx: TrialContext) -> None:
@@ -159,6 +190,7 @@ def save_trial_model(out: Path, model: nn.Module, policy: Policy, ctx: TrialCont
     ``torch.load(weights_only=True)`` (see ``slimtune.outputs.load_compressed``).
     """
     policy.save(out / "policy.json")
+    save_layer_table(out, ctx.table)
     spec = ctx.spec
     torch.save({"state_dict": model.state_dict(), "policy": policy.to_dict(),
                 "model": spec.model.model_dump(by_alias=True, mode="json", exclude_none=True),

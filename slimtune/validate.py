@@ -27,6 +27,10 @@ class CheckedInputs:
 def check_inputs(spec: JobSpec) -> CheckedInputs:
     """Load and check what the spec names; raises UserInputError with one line."""
     check_tracking_uri(spec.tracking_uri)
+    if spec.target.is_local:  # a remote target's cores are checked once Ray is up
+        from slimtune.targets import check_local_threads
+
+        check_local_threads(spec.target.threads)
     check_dataset(spec.data.dataset)
     d = spec.data
     data = load_dataset(d.dataset, train_size=d.train_size, val_size=d.val_size,

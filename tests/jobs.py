@@ -22,7 +22,8 @@ def tiny_job(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "experiment": "tiny"},
     }
     for key, value in overrides.items():
-        if key != "model" and isinstance(value, dict) and isinstance(job.get(key), dict):
+        if key not in ("model", "budget") and isinstance(value, dict) \
+                and isinstance(job.get(key), dict):
             job[key] = {**job[key], **value}
         else:
             job[key] = value
