@@ -90,11 +90,14 @@ class Attempt:
     feasible: bool
 
 
-def propose_measured(agent: CompressionAgent, env: CompressionEnv, *,
-                     tries: int = 3) -> tuple[Policy, list[Attempt]]:
-    """The agent's deterministic policy, measured; while it misses the budget, the wall's
-    correction is raised to the measured/predicted ratio and the agent proposes again
-    (on a new model the predictor's error is not known before one measurement)."""
+def propose_measured(agent: CompressionAgent, env: CompressionEnv, *, tries: int = 3,
+                     margin: float = 0.97) -> tuple[Policy, list[Attempt]]:
+    """The agent's deterministic policy, measured; while it misses ``margin`` x the budget,
+    the wall's correction is raised to the measured/predicted ratio and the agent proposes
+    again (on a new model the predictor's error is not known before one measurement).
+
+    The margin leaves room for the difference between this short measurement and the
+    trial's full-protocol one that decides feasibility."""
     correction = env.scorer.correction()
     attempts: list[Attempt] = []
     for _ in range(tries):
@@ -102,9 +105,9 @@ def propose_measured(agent: CompressionAgent, env: CompressionEnv, *,
         predicted = env.problem.predictor.predict_ms(policy)
         measured = env.scorer.latency(policy).median_ms
         env.scorer.record(predicted, measured)
-        feasible = measured <= env.problem.budget_ms
+        feasible = measured <= margin * env.problem.budget_ms
         attempts.append(Attempt(correction, predicted, measured, feasible))
         if feasible:
             break
-        correction = max(correction, measured / max(predicted, 1e-9)) * 1.02
+        correction = max(correction, measured / max(predicted, 1e-9)) / margin
     return policy, attempts
