@@ -108,6 +108,8 @@ def transfer(args: argparse.Namespace) -> None:
                               warm_start_from=str(Path(args.agent).resolve())),
         }
         for name, s in runs.items():
+            if args.only and name not in args.only:
+                continue
             r = _run(s, args.out)
             row[name] = {k: v for k, v in r.items() if k != "results"}
             if name == "uniform":  # the best uniform policy no slower than the agent's
@@ -117,7 +119,7 @@ def transfer(args: argparse.Namespace) -> None:
                                                           default=None)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        _save("transfer", rows)
+        _save(f"transfer_{args.tag}" if args.tag else "transfer", rows)
 
 
 def main() -> None:
@@ -134,6 +136,9 @@ def main() -> None:
     t.add_argument("--agent", required=True)
     t.add_argument("--archs", nargs="+", default=["resnet32", "mobilenetv2_small"])
     t.add_argument("--trials", type=int, default=8)
+    t.add_argument("--tag", default="", help="suffix of the results file")
+    t.add_argument("--only", nargs="*", choices=["uniform", "tpe", "tpe_warm"],
+                   help="run only these comparison jobs (the agent always runs)")
     args = ap.parse_args()
     compare(args) if args.what == "compare" else transfer(args)
 
