@@ -78,16 +78,20 @@ def test_train_apply_and_warm_start_flow(tmp_path, capsys):
     assert (out / "layers.json").is_file() and (out / "pareto.json").is_file()
     assert json.loads((out / "pareto.json").read_text())["budget_ms"] > 0
 
-    # the same budget in ms (a fraction would move with the baseline's measurement noise)
-    # and the predictor cached on disk: the agent builds the same policy again
+    # the same budget in ms (a fraction would move with the baseline's measurement noise);
+    # the agent's policy is trial 0 (which one depends on the measurements it is checked by)
     budget_ms = json.loads((out / "pareto.json").read_text())["budget_ms"]
     warm = write_job(tmp_path, "warm.yaml", model={"arch": "tiny_concat"},
                      budget={"latency_ms": budget_ms}, target={"batch_size": 16},
                      search={"searcher": "tpe", "trials": 2, "warm_start_from": str(agent)})
     out2 = tmp_path / "warm"
+    capsys.readouterr()
     assert main(["run", str(warm), "--out", str(out2)]) == 0
+    said = capsys.readouterr().err
+    assert "warm start: agent agent.zip run on this model" in said
     first = read_trials(out2)[0]
-    assert first.trial_id == 0 and first.policy == policy  # the agent's policy goes first
+    assert first.trial_id == 0 and first.policy.model_signature == policy.model_signature
+    assert first.policy.prune or first.policy.bits  # a compressed policy from the agent
 
     ppo = write_job(tmp_path, "ppo.yaml", budget={"latency_fraction": 0.8},
                     search={"searcher": "ppo", "trials": 2},
