@@ -69,10 +69,14 @@ class OptunaSearcher(Searcher):
 
         ``finished`` are the trials the job recorded (``trials.jsonl``). Trials the crash
         left RUNNING are marked FAIL and their parameters enqueued, so the same policies
-        run again; a trial told to Optuna but never recorded (a crash between the two) is
-        enqueued again too. Told and recorded trials are neither lost nor repeated.
+        run again, unless the job recorded them before the crash (then Optuna is told
+        their result now); a trial told to Optuna but never recorded is enqueued again.
+        Told and recorded trials are neither lost nor repeated.
         """
         recorded = Counter(_key(self.space.params_from_policy(r.policy)) for r in finished)
+        results: dict[str, list[TrialResult]] = {}
+        for r in finished:
+            results.setdefault(_key(self.space.params_from_policy(r.policy)), []).append(r)
         # Samplers do not store their random state: a sampler seeded as before would draw
         # the stopped job's first policies again. Seed it from where the study stands.
         self.seed = self.seed + 7919 * (len(self.study.trials) + 1)
@@ -81,7 +85,11 @@ class OptunaSearcher(Searcher):
             key = _key(trial.params)
             if trial.user_attrs.get(REQUEUED):  # an earlier resume enqueued it again
                 continue
-            if trial.state == TrialState.RUNNING:
+            if trial.state == TrialState.RUNNING and recorded[key]:
+                # recorded in trials.jsonl, killed before Optuna was told: tell it now
+                recorded[key] -= 1
+                self._tell(optuna.Trial(self.study, trial._trial_id), results[key].pop(0))
+            elif trial.state == TrialState.RUNNING:
                 optuna.Trial(self.study, trial._trial_id).set_user_attr(REQUEUED, True)
                 self.study.tell(trial.number, state=TrialState.FAIL)
                 self.study.enqueue_trial(trial.params)
@@ -100,6 +108,9 @@ class OptunaSearcher(Searcher):
     def tell(self, policy: Policy, result: TrialResult) -> None:
         index = next(i for i, (p, _) in enumerate(self._pending) if p is policy)
         _, trial = self._pending.pop(index)
+        self._tell(trial, result)
+
+    def _tell(self, trial: optuna.Trial, result: TrialResult) -> None:
         if result.state == "failed" or result.latency_ms is None:
             self.study.tell(trial, state=TrialState.FAIL)
             return

@@ -60,7 +60,7 @@ def test_warm_start_from_uniform_is_refused(tmp_path, capsys):
 def test_train_apply_and_warm_start_flow(tmp_path, capsys):
     """Train on tiny_resnet, apply zero-shot to tiny_concat (another family), then warm-start
     a TPE search from the agent and a ppo search, each with real measurements."""
-    job = write_job(tmp_path, budget={"latency_fraction": 0.8},
+    job = write_job(tmp_path, budget={"latency_fraction": 0.8}, target={"batch_size": 16},
                     agent={"timesteps": 24, "n_steps": 12, "batch_size": 12})
     agent = tmp_path / "agent.zip"
     assert main(["agent", "train", str(job), "--out", str(agent)]) == 0
@@ -94,6 +94,7 @@ def test_train_apply_and_warm_start_flow(tmp_path, capsys):
     assert first.policy.prune or first.policy.bits  # a compressed policy from the agent
 
     ppo = write_job(tmp_path, "ppo.yaml", budget={"latency_fraction": 0.8},
+                    target={"batch_size": 16},
                     search={"searcher": "ppo", "trials": 2},
                     agent={"timesteps": 12, "n_steps": 12, "batch_size": 12})
     out3 = tmp_path / "ppo"

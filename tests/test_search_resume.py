@@ -63,3 +63,21 @@ def test_uniform_replay_gives_the_policies_of_a_job_that_never_stopped(space):  
 def test_free_ids_fill_gaps_then_continue():
     assert free_ids([0, 1, 3], 3) == [2, 4, 5]
     assert free_ids([], 2) == [0, 1]
+
+
+def test_a_trial_recorded_but_not_told_is_not_run_again(tmp_path, space):  # noqa: F811
+    """The crash came after trials.jsonl had the result, before Optuna was told."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = make_searcher("tpe", space, seed=0, trials=6, storage=storage, study_name="j")
+    done = _run(first, 2)
+    recorded_not_told = first.ask()
+    done.append(fake_result(recorded_not_told, 2))
+
+    again = resume_searcher(make_searcher("tpe", space, seed=0, trials=6, storage=storage,
+                                          study_name="j"), done)
+    states = [t.state for t in again.study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # told from the record
+    assert optuna.trial.TrialState.WAITING not in states  # nothing enqueued again
+    rest = _run(again, 3, start=3)
+    keys = [policy_key(r.policy) for r in done + rest]
+    assert len(set(keys)) == 6
