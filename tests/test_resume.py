@@ -78,8 +78,9 @@ def test_sigkill_driver_mid_search_then_resume(tmp_path):
 
     rows = _rows(out)
     assert sorted(r["trial_id"] for r in rows) == list(range(trials))  # none lost or repeated
-    policies = [json.dumps(r["policy"], sort_keys=True) for r in rows]
-    assert len(set(policies)) == trials, "a policy was evaluated twice"
+    # Not asserted: that all policies differ. TPE itself may draw a policy twice on this tiny
+    # space (it does not deduplicate), with or without a crash; what resume owes is that
+    # no finished trial runs again and none is lost (ids above, rows below).
     by_id = {r["trial_id"]: r for r in rows}
     for r in before:  # finished trials kept as they were, not re-run
         assert by_id[r["trial_id"]] == r
