@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,16 +47,21 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
         del os.environ["RAY_ADDRESS"]
     elif not address and env_address:
         address = env_address  # Ray's convention (set inside a submitted job, too)
+    # ray.init replaces the SIGTERM handler with sys.exit: keep the caller's (`slimtune
+    # run` stops on SIGTERM like on Ctrl-C, closing its MLflow runs as KILLED)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         from slimtune.security import warn_if_exposed_ray
 
         warn_if_exposed_ray(address)
         ray.init(address=address, logging_level=level, log_to_driver=verbose)
-        return
-    # address="local": always a fresh Ray for this job, even when another Ray cluster
-    # (someone's `ray start`) runs on this machine
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             _node_ip_address="127.0.0.1", logging_level=level, log_to_driver=verbose)
+    else:
+        # address="local": always a fresh Ray for this job, even when another Ray cluster
+        # (someone's `ray start`) runs on this machine
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=level, log_to_driver=verbose)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def stop_ray() -> None:

@@ -33,6 +33,7 @@ ADDRESS_ENV = "RAY_ADDRESS"
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "runs", "mlruns", "mlartifacts",
             "mlruns.db", "ray_results", ".pytest_cache", ".ruff_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_GRACE_S = 60  # seconds a stopped job's driver gets to close its runs before SIGKILL
 
 
 class ClusterError(UserInputError):
@@ -121,14 +122,14 @@ def plan_submission(job: str, *, out: str | None = None,
     uri = spec.tracking_uri
     entrypoint = shlex.join(["python", "-m", "slimtune.cli", "run", rel, "--out", out,
                              "--address", "auto"])
-    env_vars = {}
+    # `slimtune stop`: Ray sends SIGTERM and SIGKILLs after this many seconds (3 by
+    # default); the driver needs longer to close its MLflow runs as KILLED.
+    env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         # The URI only: credentials are never shipped (they would show in the dashboard);
         # set MLFLOW_TRACKING_USERNAME/PASSWORD on the cluster's nodes.
         env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    runtime_env: dict = {"working_dir": str(wd), "excludes": EXCLUDES}
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
+    runtime_env: dict = {"working_dir": str(wd), "excludes": EXCLUDES, "env_vars": env_vars}
     job_id = f"slimtune-{spec.name}-{uuid.uuid4().hex[:8]}"
     return Submission(job_id, entrypoint, wd, out, uri), runtime_env
 

@@ -274,6 +274,9 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                            concurrency=spec.search.concurrency,
                            on_suggest=on_suggest, on_complete=on_complete,
                            trial_ids=free_ids((r.trial_id for r in finished), remaining))
+        except KeyboardInterrupt:  # Ctrl-C or `slimtune stop`: close runs before Ray's
+            tracker.close_all("KILLED")  # shutdown, which can outlast a stop's grace time
+            raise
         finally:
             stop_ray()
         search_seconds = time.perf_counter() - search_start

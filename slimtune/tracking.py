@@ -282,8 +282,19 @@ class Tracker:
         self._open.discard(run_id)
 
     def close_all(self, status: str) -> None:
-        """Terminate every run still open (children first): used on errors and Ctrl-C."""
-        for run_id in sorted(self._open, key=lambda r: r == self.parent_id):
+        """Terminate every run still open (children first): used on errors and Ctrl-C.
+
+        Children are also looked up in MLflow: a signal that lands between MLflow creating
+        a trial's run and this tracker noting it would otherwise leave that run RUNNING.
+        """
+        open_ids = sorted(self._open, key=lambda r: r == self.parent_id)
+        if self.parent_id is not None and not self.degraded:
+            try:
+                found = [r.info.run_id for r in self.open_children(self.real_id(self.parent_id))]
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                found = []
+            open_ids = [r for r in found if r not in self._open] + open_ids
+        for run_id in open_ids:
             try:
                 self.end(run_id, status)
             except Exception:  # noqa: BLE001 - best effort while already failing

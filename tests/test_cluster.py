@@ -140,7 +140,8 @@ def test_stop_a_running_job(cluster):
     runs = client.search_runs([client.get_experiment_by_name("job-stop").experiment_id])
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     parent = next(r for r in runs if r.data.tags.get("slimtune.kind") == "job")
-    assert parent.info.status in {"KILLED", "FAILED"}  # closed, never reported FINISHED
+    assert parent.info.status == "KILLED", _cli(head, "logs", job_id).stdout[-4000:]
+    assert {r.info.status for r in runs} <= {"KILLED", "FINISHED", "FAILED"}
 
 
 def test_unknown_job_and_bad_address(cluster):

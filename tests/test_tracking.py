@@ -37,6 +37,18 @@ def test_run_states_parent_and_children(tmp_path):
     assert tracker.client.get_run(bad).data.tags["error"] == "RuntimeError: boom"
 
 
+def test_close_all_finds_a_child_the_tracker_never_noted(tmp_path):
+    """A signal between MLflow creating a trial's run and the tracker noting it."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", "exp")
+    parent = tracker.start_job("job", {}, {})
+    orphan = tracker.start_trial(0, {}, "tpe")
+    tracker._open.discard(orphan)  # as if interrupted inside _create
+    tracker.close_all("KILLED")
+    assert _status(tracker, orphan) == "KILLED"
+    assert _status(tracker, parent) == "KILLED"
+    assert tracker.open_children(parent) == []
+
+
 def test_uri_checks(tmp_path):
     check_tracking_uri(f"sqlite:///{tmp_path / 'x.db'}")
     check_tracking_uri("http://127.0.0.1:5000")
