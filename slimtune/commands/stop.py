@@ -1,7 +1,8 @@
 """``slimtune stop ID``: stop a submitted job and wait until it has stopped.
 
 Ray sends the job's driver SIGTERM; ``slimtune run`` closes its MLflow runs as KILLED
-and exits (Ray waits up to STOP_GRACE_S before SIGKILL). Resume it later with ``slimtune run SPEC --out DIR --resume`` on the cluster.
+and exits (Ray waits up to ``cluster.STOP_GRACE_S`` before SIGKILL). Resume it later
+with ``slimtune run SPEC --out DIR --resume`` on the cluster.
 """
 
 from __future__ import annotations
