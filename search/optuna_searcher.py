@@ -19,6 +19,11 @@ from slimtune.spaces import SearchSpace
 
 LATENCY_CONSTRAINT = "latency_over_budget_ms"  # feasible when <= 0
 REQUEUED = "slimtune_requeued"  # user attr of a trial a crash interrupted (run again)
+# user attr of a sampler's redraw of a known policy, told without running (see ask): the
+# number of the trial it repeats, or -1 when that one was still running
+DUPLICATE = "slimtune_duplicate_of"
+MAX_REDRAWS = 20
+_CONSTRAINTS_KEY = "constraints"  # Optuna's system-attr prefix of Trial.set_constraint
 
 
 def _key(params: dict) -> str:
@@ -83,8 +88,8 @@ class OptunaSearcher(Searcher):
         self.study.sampler = self.make_sampler()
         for trial in self.study.get_trials(deepcopy=False):
             key = _key(trial.params)
-            if trial.user_attrs.get(REQUEUED):  # an earlier resume enqueued it again
-                continue
+            if trial.user_attrs.get(REQUEUED) or DUPLICATE in trial.user_attrs:
+                continue  # enqueued again by an earlier resume / a redraw never run
             if trial.state == TrialState.RUNNING and recorded[key]:
                 # recorded in trials.jsonl, killed before Optuna was told: tell it now
                 recorded[key] -= 1
@@ -100,10 +105,43 @@ class OptunaSearcher(Searcher):
                     self.study.enqueue_trial(trial.params)
 
     def ask(self) -> Policy:
-        trial = self.study.ask(self.space.distributions())
+        """A policy not evaluated yet: a sampler's redraw of a known one costs no trial.
+
+        Samplers on categorical spaces (TPE above all, once it has converged) redraw
+        policies already evaluated. A redraw of a finished policy is told that policy's
+        values and constraints at once (Optuna's FAQ recipe, "ignore duplicated
+        samples"); a redraw of one still running is told FAIL. Both are marked
+        ``DUPLICATE`` and the sampler asked again, up to ``MAX_REDRAWS`` times, after
+        which the redraw is evaluated (a small space may be exhausted). Enqueued trials
+        (warm starts, resumed trials) are never skipped.
+        """
+        dists = self.space.distributions()
+        for attempt in range(MAX_REDRAWS):
+            trial = self.study.ask(dists)
+            frozen = self.study.get_trials(deepcopy=False)[trial.number]
+            if attempt == MAX_REDRAWS - 1 or "fixed_params" in frozen.system_attrs \
+                    or not self._skip_duplicate(trial):
+                break
         policy = self.space.policy_from_params(trial.params)
         self._pending.append((policy, trial))
         return policy
+
+    def _skip_duplicate(self, trial: optuna.Trial) -> bool:
+        """Tell ``trial`` from what is known about its params; False when nothing is."""
+        key = _key(trial.params)
+        if any(_key(t.params) == key for _, t in self._pending):
+            trial.set_user_attr(DUPLICATE, -1)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return True
+        for done in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if done.user_attrs.get(DUPLICATE) is None and _key(done.params) == key:
+                trial.set_user_attr(DUPLICATE, done.number)
+                for name, value in done.system_attrs.items():
+                    if name.startswith(f"{_CONSTRAINTS_KEY}:"):
+                        trial.set_constraint(name.split(":", 1)[1], value)
+                self.study.tell(trial, done.values)
+                return True
+        return False
 
     def tell(self, policy: Policy, result: TrialResult) -> None:
         index = next(i for i, (p, _) in enumerate(self._pending) if p is policy)

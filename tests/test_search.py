@@ -95,3 +95,35 @@ def test_optuna_searcher_records_constraint_and_failures(space):
     assert trials[0].constraints == {"latency_over_budget_ms": -0.5}
     assert trials[1].constraints == {"latency_over_budget_ms": 1.0}
     assert trials[2].state.name == "FAIL"
+
+
+def test_optuna_searchers_tell_redraws_of_known_policies_without_running_them(space):
+    from slimtune.search.optuna_searcher import DUPLICATE, MAX_REDRAWS
+
+    layer = space.table.layers[0].name  # a space of exactly two policies
+    two = SearchSpace(table=space.table, ratios={g: (0.0,) for g in space.ratios},
+                      bits={layer: (32, 8)})
+    searcher = make_searcher("random", two, seed=0, trials=4)
+    first = searcher.ask()
+    second = searcher.ask()  # asked while the first runs: never the same policy
+    assert first.key() != second.key()
+    searcher.tell(first, fake_result(first, 0))
+    searcher.tell(second, fake_result(second, 1, budget=0.1))  # infeasible
+    third = searcher.ask()  # both known: after MAX_REDRAWS skipped redraws, run one anyway
+    trials = searcher.study.trials
+    while_running = [t for t in trials if t.user_attrs.get(DUPLICATE) == -1]
+    assert all(t.state.name == "FAIL" for t in while_running)  # redraws of the first
+    skipped = [t for t in trials if t.user_attrs.get(DUPLICATE, -1) >= 0]
+    assert len(skipped) == MAX_REDRAWS - 1 and third.key() in {first.key(), second.key()}
+    for t in skipped:  # told the values and constraints of the trial they repeat
+        original = trials[t.user_attrs[DUPLICATE]]
+        assert t.state.name == "COMPLETE" and t.params == original.params
+        assert t.values == original.values and t.constraints == original.constraints
+    told = [t for t in trials if DUPLICATE not in t.user_attrs]
+    assert [t.constraints["latency_over_budget_ms"] for t in told[:2]] == \
+        [pytest.approx(0.5), pytest.approx(1.4)]  # 1.5 ms against budgets 1.0 and 0.1
+    # a resume re-runs none of them: they were never trials of the job
+    searcher.tell(third, fake_result(third, 2))
+    searcher.resume([fake_result(first, 0), fake_result(second, 1, budget=0.1),
+                     fake_result(third, 2)])
+    assert not [t for t in searcher.study.trials if t.state.name == "WAITING"]
