@@ -281,6 +281,11 @@ class Tracker:
         self._do("set_terminated", run_id, status=status, time=int(time.time() * 1000))
         self._open.discard(run_id)
 
+    def close_on(self, err: BaseException) -> None:
+        """Close every open run for ``err`` ending a job: KILLED on Ctrl-C or ``slimtune
+        stop`` (KeyboardInterrupt), FAILED on anything else."""
+        self.close_all("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+
     def close_all(self, status: str) -> None:
         """Terminate every run still open (children first): used on errors and Ctrl-C.
 

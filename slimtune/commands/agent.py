@@ -96,11 +96,8 @@ def _train(spec, problem, env, out: Path, timesteps: int) -> int:
             "final_latency_ms": final["measured_latency_ms"]})
         tracker.log_artifacts(parent, [out])
         tracker.end(parent, "FINISHED")
-    except KeyboardInterrupt:
-        tracker.close_all("KILLED")
-        raise
-    except BaseException:
-        tracker.close_all("FAILED")
+    except BaseException as err:
+        tracker.close_on(err)
         raise
     print(f"{episodes} episodes ({feasible} within the {problem.budget_ms:.3f} ms budget) in "
           f"{trained.seconds:.0f} s: {1e3 * trained.seconds_per_step:.1f} ms per step, "
