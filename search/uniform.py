@@ -13,8 +13,10 @@ from slimtune.spaces import SearchSpace
 class UniformSearcher(Searcher):
     """Walks the grid of (ratio, bits) pairs, the reference every search must beat.
 
-    With fewer trials than grid points it takes evenly spaced points of the grid, from
-    the lightest compression to the heaviest.
+    With rank dimensions in the space (``space.rank``) the grid is of (ratio, bits, rank
+    fraction) triples, the fraction applied to every layer that has rank choices. With
+    fewer trials than grid points it takes evenly spaced points of the grid, from the
+    lightest compression to the heaviest.
     """
 
     name = "uniform"
@@ -23,7 +25,8 @@ class UniformSearcher(Searcher):
         super().__init__(space, seed=seed, trials=trials)
         ratios = sorted({r for rs in space.ratios.values() for r in rs})
         bits = sorted({b for bs in space.bits.values() for b in bs}, reverse=True)
-        grid = [(r, b) for r in ratios for b in bits]
+        ranks = sorted({f for fs in space.rank.values() for f in fs} | {1.0}, reverse=True)
+        grid = [(r, b, k) for r in ratios for b in bits for k in ranks]
         if trials < len(grid):
             picks = np.linspace(0, len(grid) - 1, trials).round().astype(int)
             grid = [grid[i] for i in picks]
@@ -31,9 +34,9 @@ class UniformSearcher(Searcher):
         self._next = 0
 
     def ask(self) -> Policy:
-        ratio, bits = self._grid[self._next % len(self._grid)]
+        ratio, bits, rank = self._grid[self._next % len(self._grid)]
         self._next += 1
-        return self.space.uniform(ratio, bits)
+        return self.space.uniform(ratio, bits, rank)
 
     def tell(self, policy: Policy, result: TrialResult) -> None:
         """The grid does not adapt to results."""

@@ -1,4 +1,5 @@
-"""Apply a Policy to a model for real: remove channels, then fake-quantize weights.
+"""Apply a Policy to a model for real: remove channels, factorise the ``rank`` layers
+(``slimtune.lowrank``), then fake-quantize weights.
 
 Channel removal is structural (torch-pruning shrinks the weight tensors of every layer
 coupled to a group), so params, MACs and the saved state_dict really drop. Which
@@ -26,11 +27,12 @@ from slimtune.layers import (
     eval_mode,
 )
 from slimtune.layers import example_input as random_example
+from slimtune.lowrank import factorizable, factorize, layer_modules
 from slimtune.policy import FLOAT_BITS, Policy
 
-__all__ = ["PolicyError", "apply_policy", "check_policy", "count_macs_params", "fake_quantize",
-           "group_kept", "kept_channels", "packed_size_bytes", "prune_structure",
-           "removed_channels"]
+__all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
+           "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
+           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels"]
 
 
 class PolicyError(UserInputError):
@@ -41,7 +43,9 @@ class PolicyError(UserInputError):
 
 
 def check_policy(table: LayerTable, policy: Policy) -> None:
-    """Raise PolicyError unless every key of ``policy`` names a group/layer of ``table``."""
+    """Raise PolicyError unless every key of ``policy`` names a group/layer of ``table``
+    and every ``rank`` layer can be factorised (no grouped/depthwise conv, no sparsity or
+    clusters on it)."""
     if policy.model_signature and policy.model_signature != table.signature():
         raise PolicyError(f"policy was made for model {policy.model_signature}, "
                           f"this model is {table.signature()}")
@@ -56,11 +60,14 @@ def check_policy(table: LayerTable, policy: Policy) -> None:
         unknown = sorted(set(keys) - {li.name for li in table.layers})
         if unknown:
             raise PolicyError(f"policy sets {what} of unknown layers: {', '.join(unknown)}")
-    both = sorted(set(policy.rank) & (set(policy.quantized_layers) | set(policy.sparsity)
-                                      | set(policy.clusters)))
+    grouped = [li for li in table.layers if li.name in policy.rank and not factorizable(li)]
+    if grouped:
+        raise PolicyError(f"layer {grouped[0].name!r} is a grouped/depthwise conv "
+                          f"(groups={grouped[0].groups}): it cannot be factorised")
+    both = sorted(set(policy.rank) & (set(policy.sparsity) | set(policy.clusters)))
     if both:
         raise PolicyError(f"layers {', '.join(both)}: low-rank factorisation is not combined "
-                          "with bits, sparsity or clusters on the same layer")
+                          "with sparsity or clusters on the same layer (bits are)")
 
 
 def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
@@ -80,6 +87,12 @@ def _layers(model: nn.Module, table: LayerTable) -> dict[str, nn.Module]:
                               "the layer table was built from another model")
         found[info.name] = m
     return found
+
+
+def _layer_modules(model: nn.Module, table: LayerTable) -> dict[str, dict[str, nn.Module]]:
+    """Per table layer, the modules implementing it in a maybe factorised ``model``
+    (:func:`slimtune.lowrank.layer_modules`); PolicyError if the model is not the table's."""
+    return {info.name: layer_modules(model, info.name) for info in table.layers}
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -185,6 +198,23 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
     return pruned
 
 
+def compressed_structure(model: nn.Module, table: LayerTable, policy: Policy, *,
+                         round_to: int = 1,
+                         example_input: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with the policy's architecture: channels removed, then the
+    ``rank`` layers replaced by their truncated-SVD factors; weights not quantized.
+
+    The architecture every trial trains, measures and saves; also what rebuilds it to
+    ``load_state_dict`` a saved compressed model into (the factors' SVD weights are then
+    overwritten). Rank fractions apply to the pruned layers' shapes.
+    """
+    pruned = prune_structure(model, table, policy, round_to=round_to,
+                             example_input=example_input)
+    if policy.rank:
+        factorize(pruned, table, dict(policy.rank))
+    return pruned
+
+
 def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) -> None:
     """Lower ``num_heads`` of every attention module whose head group lost heads."""
     modules = dict(model.named_modules())
@@ -234,24 +264,21 @@ def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_t
                  fake_quant_8bit: bool = False) -> nn.Module:
     """A compressed copy of ``model``; the argument is never changed.
 
-    Channels are removed as in :func:`prune_structure`. Then every layer below 32 bits
-    gets its weight fake-quantized in place, except 8-bit layers unless
-    ``fake_quant_8bit`` (they run as real int8 later in ONNX Runtime; set it for a
-    torch-only target). Last, the policy's per-layer ``sparsity`` and ``clusters``
-    (Deep Compression, :mod:`slimtune.deep_compression`) zero and share weights, and
-    its ``rank`` replaces layers by two truncated-SVD factors (:mod:`slimtune.lowrank`).
+    Channels are removed and the policy's ``rank`` layers replaced by two truncated-SVD
+    factors (:mod:`slimtune.lowrank`) as in :func:`compressed_structure`. Then every layer
+    below 32 bits gets its weight (both factors' weights if factorised) fake-quantized in
+    place, except 8-bit layers unless ``fake_quant_8bit`` (they run as real int8 later in
+    ONNX Runtime; set it for a torch-only target). Last, the policy's per-layer
+    ``sparsity`` and ``clusters`` (Deep Compression, :mod:`slimtune.deep_compression`)
+    zero and share weights.
     """
-    pruned = prune_structure(model, table, policy, round_to=round_to,
-                             example_input=example_input)
+    pruned = compressed_structure(model, table, policy, round_to=round_to,
+                                  example_input=example_input)
     quantize_weights(pruned, table, policy, include_8bit=fake_quant_8bit)
     if policy.sparsity or policy.clusters:
         from slimtune.deep_compression import compress_weights
 
         compress_weights(pruned, table, policy)
-    if policy.rank:
-        from slimtune.lowrank import factorize
-
-        factorize(pruned, table, dict(policy.rank))
     return pruned
 
 
@@ -260,16 +287,22 @@ def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
     """Fake-quantize, in place, the weights of every layer the policy puts below 32 bits.
 
     8-bit layers are skipped unless ``include_8bit``: they run as real int8 in ONNX
-    Runtime, calibrated there. Returns ``model``.
+    Runtime, calibrated there. A factorised layer's two factors are each quantized at the
+    layer's bits. Returns ``model``.
     """
-    layers = _layers(model, table)
+    layers = _layer_modules(model, table)
     with torch.no_grad():
-        for name, bits in policy.bits.items():
-            if bits >= FLOAT_BITS or (bits == 8 and not include_8bit):
-                continue
-            weight = layers[name].weight
-            weight.copy_(fake_quantize(weight, bits))
+        for name, bits in fake_quantized_layers(policy, include_8bit=include_8bit).items():
+            for module in layers[name].values():
+                module.weight.copy_(fake_quantize(module.weight, bits))
     return model
+
+
+def fake_quantized_layers(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
+    """The layers :func:`quantize_weights` rounds, with their bits: below 32 bits, 8-bit
+    ones only if ``include_8bit`` (quantisation-aware fine-tuning trains the same set)."""
+    return {name: bits for name, bits in policy.bits.items()
+            if bits < FLOAT_BITS and (bits != 8 or include_8bit)}
 
 
 def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> int:
@@ -278,12 +311,13 @@ def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> in
     A layer's weight at b < 32 bits takes ceil(numel * b / 8) bytes plus one float32
     scale per output channel (4 * out_channels). Every other tensor (biases, BN
     parameters and running stats, fp32 weights) takes 4 bytes per element. ``model`` may
-    be pruned: sizes are read from its actual tensors.
+    be pruned and factorised: sizes are read from its actual tensors, and each factor's
+    weight of a factorised layer is packed at the layer's bits.
     """
     check_policy(table, policy)
-    layers = _layers(model, table)
-    packed = {id(layers[name].weight): bits for name, bits in policy.bits.items()
-              if bits < FLOAT_BITS}
+    layers = _layer_modules(model, table)
+    packed = {id(module.weight): bits for name, bits in policy.bits.items()
+              if bits < FLOAT_BITS for module in layers[name].values()}
     total = 0
     for t in chain(model.parameters(), model.buffers()):
         bits = packed.get(id(t))

@@ -475,10 +475,12 @@ def stored_sizes(path: str | os.PathLike[str]) -> Mapping[str, int]:
 def load_trial(model_pt: str | os.PathLike[str]) -> tuple[nn.Module, LayerTable, object]:
     """A trial's ``model.pt``: the compressed model, the original's layer table, the policy.
 
+    The architecture is rebuilt from the original model by ``compressed_structure``
+    (channels removed, rank layers factorised), then the saved weights are loaded into it.
     UserInputError (one line) when the file is not a trial's ``model.pt``.
     """
     from slimtune.baseline import build_model
-    from slimtune.compress import prune_structure
+    from slimtune.compress import compressed_structure
     from slimtune.layers import build_layer_table
     from slimtune.policy import Policy
     from slimtune.spec import ModelSpec
@@ -498,7 +500,7 @@ def load_trial(model_pt: str | os.PathLike[str]) -> tuple[nn.Module, LayerTable,
                              f"({type(err).__name__})") from None
     model = build_model(spec, num_classes=num_classes, in_channels=shape[0])
     table = build_layer_table(model, shape, round_to=round_to)
-    model = prune_structure(model, table, policy, round_to=round_to)
+    model = compressed_structure(model, table, policy, round_to=round_to)
     model.load_state_dict(state)
     return model.eval(), table, policy
 
@@ -507,10 +509,11 @@ def with_uniform(policy, table: LayerTable, *, sparsity: float | None,
                  clusters: int | None):
     """``policy`` with ``sparsity``/``clusters`` set on every conv/linear layer it leaves
     unset (the ``slimtune export --sparsity/--clusters`` overrides); ValueError if out of
-    range."""
+    range. Layers the policy factorises (``rank``) are left dense: their factors are not
+    sparsified or shared."""
     from dataclasses import replace
 
-    names = [li.name for li in table.layers]
+    names = [li.name for li in table.layers if li.name not in policy.rank]
     return replace(
         policy,
         sparsity={**({n: sparsity for n in names} if sparsity else {}), **policy.sparsity},

@@ -79,7 +79,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     data, model, table = checked.data, checked.model, checked.table
     space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
                                    round_to=spec.space.round_to, sparsity=spec.space.sparsity,
-                                   clusters=spec.space.clusters)
+                                   clusters=spec.space.clusters, rank=spec.space.rank,
+                                   recipe=spec.space.recipe)
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     with tempfile.TemporaryDirectory(prefix="slimtune-preflight-") as tmp:
@@ -97,9 +98,9 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
 
 
 def _measure_policy(ctx: TrialContext, model, policy: Policy, path: Path) -> float:
-    from slimtune.compress import prune_structure
+    from slimtune.compress import compressed_structure
 
-    pruned = prune_structure(model, ctx.table, policy, round_to=ctx.spec.space.round_to)
+    pruned = compressed_structure(model, ctx.table, policy, round_to=ctx.spec.space.round_to)
     with machine_lock("shared"):
         deployed = deploy(ctx, pruned, policy, path)
     return measure(ctx, deployed).median_ms
@@ -251,6 +252,8 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
 
         def on_suggest(number: int, policy: Policy) -> None:
             params = prep.space.params_from_policy(policy)
+            # the recipe a policy carries is logged even where the space does not search it
+            params.update({f"recipe.{k}": v for k, v in policy.recipe.items()})
             runs[number] = tracker.start_trial(number, params, searcher.name)
 
         def on_complete(result: TrialResult) -> None:
@@ -289,11 +292,8 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         tracker.end(parent, "FINISHED")
         sync_or_stop(tracker, out_dir)
         return outcome
-    except KeyboardInterrupt:
-        tracker.close_all("KILLED")
-        raise
-    except BaseException:
-        tracker.close_all("FAILED")
+    except BaseException as err:
+        tracker.close_on(err)
         raise
     finally:
         if progress is not None:

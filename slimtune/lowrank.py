@@ -11,6 +11,10 @@ parameters and latency drop for real and ONNX export needs nothing special.
 
 Grouped and depthwise convs are not factorised (PolicyError naming the layer): their
 weights are already block-diagonal.
+
+Everything downstream of the factorisation (fake quantisation, packed size, int8 ONNX
+nodes) finds the modules that implement a table layer through :func:`layer_modules`:
+the layer itself, or its two factors ``name.0`` and ``name.1`` once factorised.
 """
 
 from __future__ import annotations
@@ -18,26 +22,82 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimtune.layers import LayerTable
+from slimtune.layers import LayerInfo, LayerTable
 
-__all__ = ["factorize", "factorized_rank", "worthwhile_rank"]
+__all__ = ["factorizable", "factorize", "factorized_rank", "layer_modules",
+           "worthwhile_fractions", "worthwhile_rank"]
 
 
 def factorized_rank(module: nn.Module, fraction: float) -> int:
     """Rank kept at ``fraction`` of the layer's full rank, at least 1."""
-    out, cols = _unfolded_shape(module)
-    return max(1, round(fraction * min(out, cols)))
+    return _rank(*_unfolded_shape(module), fraction)
 
 
 def worthwhile_rank(module: nn.Module) -> int:
     """The largest rank at which the two factors have fewer MACs than the layer."""
-    out, cols = _unfolded_shape(module)
+    return _worthwhile(*_unfolded_shape(module))
+
+
+def _rank(out: int, cols: int, fraction: float) -> int:
+    return max(1, round(fraction * min(out, cols)))
+
+
+def _worthwhile(out: int, cols: int) -> int:
     return (out * cols - 1) // (out + cols)
 
 
 def _unfolded_shape(module: nn.Module) -> tuple[int, int]:
     w = module.weight
     return w.shape[0], w[0].numel()
+
+
+def factorizable(layer: LayerInfo) -> bool:
+    """Whether a table layer can be factorised: any conv/linear but grouped/depthwise convs."""
+    return layer.groups == 1 and layer.kind != "depthwise"
+
+
+def worthwhile_fractions(layer: LayerInfo, fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """The ``fractions`` (all < 1) worth searching for ``layer``: those whose factors have
+    fewer MACs than the layer, one per distinct rank (the smallest fraction giving it).
+
+    Judged on the unpruned shape from the table (``out`` by ``in * k * k``). Pruning
+    scales both sides of the unfolding by about the same factor, and the full rank and
+    the break-even rank ``out * cols / (out + cols)`` with them, so a fraction that saves
+    MACs unpruned saves them pruned too (up to rounding). Empty for a layer that cannot
+    be factorised or where no fraction saves MACs.
+    """
+    if not factorizable(layer):
+        return ()
+    out, cols = layer.out_channels, layer.in_channels * layer.kernel * layer.kernel
+    full, limit = min(out, cols), _worthwhile(out, cols)
+    kept: dict[int, float] = {}
+    for f in sorted(fractions):
+        r = _rank(out, cols, f)
+        if f < 1.0 and r < full and r <= limit:
+            kept.setdefault(r, f)
+    return tuple(sorted(kept.values()))
+
+
+def layer_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """The conv/linear modules that implement table layer ``name`` in ``model``, by module
+    name: ``{name: layer}``, or ``{name.0: first, name.1: second}`` when factorised.
+
+    The one place that knows how a factorised layer looks; PolicyError when ``model`` has
+    no such layer (the table was built from another model).
+    """
+    from slimtune.compress import PolicyError
+
+    try:
+        m = model.get_submodule(name) if name else None
+    except AttributeError:
+        m = None
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        return {name: m}
+    if (isinstance(m, nn.Sequential) and len(m) == 2
+            and all(isinstance(f, (nn.Conv2d, nn.Linear)) for f in m)):
+        return {f"{name}.0": m[0], f"{name}.1": m[1]}
+    raise PolicyError(f"model has no conv/linear layer {name!r}: "
+                      "the layer table was built from another model")
 
 
 def _factor(module: nn.Module, rank: int) -> nn.Sequential:

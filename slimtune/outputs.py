@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from slimtune.errors import UserInputError
-from slimtune.policy import Policy, write_text_atomic
+from slimtune.policy import write_text_atomic
 from slimtune.result import TrialResult
 
 TRIAL_FILES = ("policy.json", "model.onnx", "model.pt", "layers.json")
@@ -64,18 +63,8 @@ def copy_trial(out_dir: Path, trial_id: int, dest: Path) -> list[Path]:
 
 
 def load_compressed(path: Path) -> nn.Module:
-    """Rebuild a compressed model from a ``model.pt`` written by a trial."""
-    from slimtune.baseline import build_model
-    from slimtune.compress import prune_structure
-    from slimtune.layers import build_layer_table
-    from slimtune.spec import ModelSpec
+    """Rebuild a compressed model (pruned, factorised) from a ``model.pt`` written by a
+    trial: :func:`slimtune.deep_compression.load_trial` without the table and policy."""
+    from slimtune.deep_compression import load_trial
 
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    spec = ModelSpec.model_validate(saved["model"])
-    shape = tuple(saved["input_shape"])
-    model = build_model(spec, num_classes=saved["num_classes"], in_channels=shape[0])
-    table = build_layer_table(model, shape, round_to=saved["round_to"])
-    policy = Policy.from_dict(saved["policy"])
-    model = prune_structure(model, table, policy, round_to=saved["round_to"])
-    model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    return load_trial(path)[0]

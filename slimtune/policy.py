@@ -20,6 +20,8 @@ FLOAT_BITS = 32
 ALLOWED_BITS = (32, 16, 8, 6, 4, 2)
 #: shared-weight cluster counts a layer may have (Deep Compression's k-means codebook)
 MIN_CLUSTERS, MAX_CLUSTERS = 2, 256
+#: fine-tune hyperparameters a policy may carry (the searched part of the recipe)
+RECIPE_KEYS = ("distill", "temperature", "alpha")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Policy:
     clusters: Mapping[str, int] = field(default_factory=dict)
     # low-rank factorisation (slimtune.lowrank), per layer: the fraction of its rank kept
     rank: Mapping[str, float] = field(default_factory=dict)
+    # the fine-tune recipe this policy was sampled with (``distill``, ``temperature``,
+    # ``alpha``); a missing name means the job spec's ``finetune`` value
+    recipe: Mapping[str, float | bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, ratio in self.prune.items():
@@ -61,6 +66,7 @@ class Policy:
                 raise ValueError(f"rank fraction of {name!r} must be in (0, 1], got {r}")
         object.__setattr__(self, "rank",
                            {k: float(v) for k, v in sorted(self.rank.items()) if v < 1.0})
+        object.__setattr__(self, "recipe", _checked_recipe(self.recipe))
         object.__setattr__(self, "sparsity",
                            {k: float(v) for k, v in sorted(self.sparsity.items()) if v > 0})
         object.__setattr__(self, "clusters",
@@ -85,7 +91,8 @@ class Policy:
                           sort_keys=True)
 
     def _deep(self) -> dict[str, dict[str, Any]]:
-        """The Deep Compression keys, only when set (older policies read and key as before)."""
+        """The Deep Compression, low-rank and recipe keys, only when set (older policies
+        read and key as before)."""
         out: dict[str, dict[str, Any]] = {}
         if self.sparsity:
             out["sparsity"] = dict(self.sparsity)
@@ -93,6 +100,8 @@ class Policy:
             out["clusters"] = dict(self.clusters)
         if self.rank:
             out["rank"] = dict(self.rank)
+        if self.recipe:
+            out["recipe"] = dict(self.recipe)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,14 +111,15 @@ class Policy:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         unknown = set(data) - {"prune", "bits", "model_signature", "sparsity", "clusters",
-                               "rank"}
+                               "rank", "recipe"}
         if unknown:
             raise ValueError(f"unknown policy keys: {sorted(unknown)}")
         return cls(prune=dict(data.get("prune", {})), bits=dict(data.get("bits", {})),
                    model_signature=str(data.get("model_signature", "")),
                    sparsity=dict(data.get("sparsity", {})),
                    clusters=dict(data.get("clusters", {})),
-                   rank=dict(data.get("rank", {})))
+                   rank=dict(data.get("rank", {})),
+                   recipe=dict(data.get("recipe", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -127,6 +137,28 @@ class Policy:
         return cls.from_json(Path(path).read_text())
 
 
+def _checked_recipe(recipe: Mapping[str, Any]) -> dict[str, float | bool]:
+    """A policy's recipe, validated and normalised (``distill`` a bool, the others float)."""
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown recipe keys {unknown}; valid: {list(RECIPE_KEYS)}")
+    out: dict[str, float | bool] = {}
+    for name, value in sorted(recipe.items()):
+        if name == "distill":
+            if isinstance(value, str) or value not in (True, False):
+                raise ValueError(f"recipe distill must be true or false, got {value!r}")
+            out[name] = bool(value)
+            continue
+        if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+            raise ValueError(f"recipe {name} must be a number, got {value!r}")
+        if name == "temperature" and not value > 0:
+            raise ValueError(f"recipe temperature must be > 0, got {value}")
+        if name == "alpha" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"recipe alpha must be in [0, 1], got {value}")
+        out[name] = float(value)
+    return out
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +166,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

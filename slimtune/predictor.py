@@ -559,7 +559,7 @@ def measure_policies(spec: JobSpec, model: nn.Module, table: LayerTable,
     ``interleave`` (default) measures the policies round-robin, so a burst of load on a
     shared machine is spread over all of them (not cached); otherwise each is measured
     alone through the latency cache, exactly as a trial does."""
-    from slimtune.compress import prune_structure
+    from slimtune.compress import compressed_structure
     from slimtune.export import export_onnx, quantize_onnx
     from slimtune.latency import machine_lock
     from slimtune.targets import measure_many_on_target, measure_on_target
@@ -574,12 +574,13 @@ def measure_policies(spec: JobSpec, model: nn.Module, table: LayerTable,
     with tempfile.TemporaryDirectory(prefix="slimtune-policies-") as tmp:
         for i, policy in enumerate(policies):
             with machine_lock("shared"):
-                pruned = prune_structure(model, table, policy, round_to=spec.space.round_to)
+                pruned = compressed_structure(model, table, policy,
+                                              round_to=spec.space.round_to)
                 subject: Any = pruned
                 if t.runtime != "torch":
                     fp32 = export_onnx(pruned, shape, Path(tmp) / f"p{i}.fp32.onnx")
                     subject = quantize_onnx(fp32, Path(tmp) / f"p{i}.onnx",
-                                            int8_layers=int8_layers(policy),
+                                            int8_layers=int8_layers(policy, pruned),
                                             calibration=calibration_x)
             subjects.append(subject)
         if interleave:

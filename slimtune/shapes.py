@@ -62,7 +62,15 @@ class ChannelMap:
         return cls(table=table, round_to=round_to, in_loss=in_loss, out_loss=out_loss)
 
     def removed(self, policy: Policy) -> dict[str, int]:
-        """Channels each group's root loses under ``policy`` (rounded as pruning rounds)."""
+        """Channels each group's root loses under ``policy`` (rounded as pruning rounds).
+
+        ValueError for a policy that factorises layers (``rank``): the map (and the
+        latency predictor and env built on it) models channel pruning only, and would
+        otherwise silently give the unfactorised shapes.
+        """
+        if policy.rank:
+            raise ValueError("ChannelMap models channel pruning only, not low-rank "
+                             f"factorisation (rank of {', '.join(policy.rank)})")
         out = {}
         for g in self.table.groups:
             ratio = policy.ratio(g.name)

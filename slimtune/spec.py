@@ -147,6 +147,54 @@ class SpaceSpec(_Strict):
     # sparsity, no sharing) is always a choice besides the listed ones.
     sparsity: tuple[float, ...] = ()
     clusters: tuple[int, ...] = ()
+    # low-rank factorisation per layer (slimtune.lowrank): fractions of the rank kept, in
+    # (0, 1]; empty: dimension off. 1.0 (not factorised) is always a choice besides them.
+    rank: tuple[float, ...] = ()
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < r <= 1.0 for r in v):
+            raise ValueError("rank must be a list of fractions of the rank kept, in (0, 1]")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _rank_alone(self) -> SpaceSpec:
+        if self.rank and (self.sparsity or self.clusters):
+            raise ValueError("rank cannot be searched together with sparsity or clusters: "
+                             "a factorised layer is not also sparsified or weight-shared")
+        return self
+    # the fine-tune recipe as searched hyperparameters (``recipe.<name>`` dimensions);
+    # empty: not searched, the finetune section's value is used
+    distill: tuple[bool, ...] = ()
+    temperature: tuple[float, ...] = ()
+    alpha: tuple[float, ...] = ()
+
+    @field_validator("distill")
+    @classmethod
+    def _distill(cls, v: tuple[bool, ...]) -> tuple[bool, ...]:
+        return tuple(sorted(set(v), reverse=True))
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not t > 0 for t in v):
+            raise ValueError("temperature must be a list of values > 0")
+        return tuple(sorted(set(v)))
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("alpha must be a list of values in [0, 1]")
+        return tuple(sorted(set(v)))
+
+    @property
+    def recipe(self) -> dict[str, tuple[bool | float, ...]]:
+        """The searched fine-tune hyperparameters and their choices (empty: none searched)."""
+        return {name: choices for name, choices in (("distill", self.distill),
+                                                    ("temperature", self.temperature),
+                                                    ("alpha", self.alpha)) if choices}
 
     @field_validator("sparsity")
     @classmethod
@@ -202,6 +250,13 @@ class FinetuneSpec(_Strict):
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.7, ge=0, le=1)
     calibration_size: int = Field(default=128, ge=1)
+    # quantisation-aware fine-tuning: fake-quantised layers train on their final grid
+    # (slimtune.qat); off: weights are rounded once, after the fine-tune
+    qat: bool = False
+    # FitNets hints (slimtune.hints): weight of the feature-matching loss (0: off) and the
+    # table layers whose outputs are matched (empty: the last conv layer, see hints)
+    hint_weight: float = Field(default=0.0, ge=0)
+    hint_layers: tuple[str, ...] = ()
 
 
 class EnvSpec(_Strict):
@@ -262,6 +317,26 @@ class JobSpec(_Strict):
     evaluate: tuple[str, ...] = DEFAULT_GROUPS
     constraints: dict[str, float] = {}
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+
+    @model_validator(mode="after")
+    def _recipe(self) -> JobSpec:
+        distill = self.space.distill or (self.finetune.distill,)
+        if self.finetune.hint_weight > 0 and True not in distill:
+            raise ValueError("finetune.hint_weight needs a teacher (hints match the "
+                             "baseline's features): set finetune.distill: true")
+        if self.space.recipe and self.search.searcher in ("ppo", "uniform"):
+            raise ValueError(f"space.{', space.'.join(self.space.recipe)}: the fine-tune "
+                             "recipe is searched by tpe, nsga2 and random, not by "
+                             f"{self.search.searcher}")
+        return self
+
+    @model_validator(mode="after")
+    def _rank_searcher(self) -> JobSpec:
+        if self.space.rank and self.search.searcher == "ppo":
+            raise ValueError("space.rank: low-rank factorisation is searched by tpe, nsga2, "
+                             "random and uniform, not by ppo (nor used by agents or slimtune "
+                             "apply, which decide channels and bits only): remove space.rank")
+        return self
 
     @field_validator("evaluate")
     @classmethod

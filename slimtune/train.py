@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimtune.data import Split
+
+if TYPE_CHECKING:
+    from slimtune.hints import FeatureHints
 
 
 def _batches(split: Split, batch_size: int, generator: torch.Generator):
@@ -32,17 +36,22 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
           weight_decay: float = 5e-4, seed: int = 0, teacher: nn.Module | None = None,
-          temperature: float = 4.0, alpha: float = 0.7) -> nn.Module:
+          temperature: float = 4.0, alpha: float = 0.7,
+          hints: FeatureHints | None = None) -> nn.Module:
     """SGD with momentum and a cosine schedule for ``steps`` steps, in place.
 
     With a ``teacher``, the loss is knowledge distillation from it; otherwise plain
-    cross-entropy.
+    cross-entropy. ``hints`` (FitNets, :mod:`slimtune.hints`; needs the teacher) adds
+    its feature-matching term, and its regressors train with the model.
     """
+    if hints is not None and teacher is None:
+        raise ValueError("hints match a teacher's features: give the teacher")
     if steps <= 0:
         return model.eval()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay,
+    params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
                           nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -57,6 +66,8 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
             with torch.no_grad():
                 target = teacher(x)
             loss = distillation_loss(logits, target, y, temperature=temperature, alpha=alpha)
+            if hints is not None:
+                loss = loss + hints.loss()
         else:
             loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)

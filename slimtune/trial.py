@@ -2,7 +2,8 @@
 
 Order matters for cost: the compressed architecture is measured first, and a policy
 whose measured latency misses the budget stops there (infeasible, never fine-tuned).
-A feasible one is fine-tuned with distillation from the baseline, then the deployed
+A feasible one is fine-tuned with distillation from the baseline (the recipe, with its
+optional QAT and hints, is ``slimtune.finetune``'s), then the deployed
 artefact (ONNX, int8 where the policy says 8 bits) is measured again and evaluated:
 the reported latency and accuracy are those of the very file ``export`` hands out.
 Its behaviour metrics (``slimtune.evaluate``, the spec's ``evaluate:``) come last; a
@@ -24,23 +25,24 @@ from torch import nn
 
 from slimtune.baseline import build_model
 from slimtune.compress import (
+    compressed_structure,
     count_macs_params,
     packed_size_bytes,
-    prune_structure,
     quantize_weights,
 )
 from slimtune.data import Dataset
-from slimtune.deep_compression import finetune_compressed, policy_size_bytes
+from slimtune.deep_compression import policy_size_bytes
 from slimtune.evaluate import violations
 from slimtune.evaluate.suite import BehaviourReference
 from slimtune.evaluate.trial_eval import evaluate_trial
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
+from slimtune.finetune import finetune
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
-from slimtune.train import accuracy, predict, train
+from slimtune.train import accuracy, predict
 
 LAYERS_FILE = "layers.json"
 
@@ -80,9 +82,18 @@ class Deployed:
         return torch.from_numpy(onnx_predict(onnx_session(self.onnx_path, threads=threads), x))
 
 
-def int8_layers(policy: Policy) -> list[str]:
-    """Layers that run int8 in ONNX Runtime: every layer stored at 8 bits or fewer."""
-    return [name for name, bits in policy.bits.items() if bits <= 8]
+def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:
+    """Modules that run int8 in ONNX Runtime: every layer stored at 8 bits or fewer.
+
+    Given the compressed ``model``, a factorised layer counts as its two factors
+    (``name.0``, ``name.1``: both run int8); without it, the policy's layer names.
+    """
+    names = [name for name, bits in policy.bits.items() if bits <= 8]
+    if model is None:
+        return names
+    from slimtune.lowrank import layer_modules
+
+    return [m for name in names for m in layer_modules(model, name)]
 
 
 def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path) -> Deployed:
@@ -92,7 +103,7 @@ def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path)
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     export_onnx(model, ctx.data.input_shape, fp32)
     calib = ctx.data.train.x[: ctx.spec.finetune.calibration_size]
-    quantize_onnx(fp32, onnx_path, int8_layers=int8_layers(policy), calibration=calib)
+    quantize_onnx(fp32, onnx_path, int8_layers=int8_layers(policy, model), calibration=calib)
     fp32.unlink(missing_ok=True)
     return Deployed(model, onnx_path)
 
@@ -129,7 +140,9 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
     torch.set_num_threads(spec.target.threads)
     teacher = ctx.baseline_model()
     with machine_lock("shared"):
-        model = prune_structure(teacher, ctx.table, policy, round_to=spec.space.round_to)
+        # channels removed and rank layers factorised before the gate, so MACs and
+        # latency are the compressed model's; the fine-tune recovers the SVD truncation
+        model = compressed_structure(teacher, ctx.table, policy, round_to=spec.space.round_to)
         macs, params = count_macs_params(model, ctx.data.input_shape)
     base = dict(trial_id=trial_id, policy=policy, macs=macs, params=params,
                 budget_ms=ctx.budget_ms, searcher=searcher)
@@ -146,12 +159,10 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
 
     out = ctx.trials_dir / str(trial_id)
     out.mkdir(parents=True, exist_ok=True)
-    ft = spec.finetune
     with machine_lock("shared"):
-        with finetune_compressed(model, ctx.table, policy):  # no-op without Deep Compression
-            train(model, ctx.data.train, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr,
-                  seed=spec.search.seed + trial_id, teacher=teacher if ft.distill else None,
-                  temperature=ft.temperature, alpha=ft.alpha)
+        # the spec's recipe with the policy's searched part; QAT, hints, Deep Compression
+        finetune(model, teacher, ctx.table, policy, spec, ctx.data.train,
+                 seed=spec.search.seed + trial_id)
         quantize_weights(model, ctx.table, policy, include_8bit=spec.target.runtime == "torch")
         deployed = deploy(ctx, model, policy, out / "model.onnx")
     latency = measure(ctx, deployed)

@@ -42,6 +42,10 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
     if not table.groups:
         raise UserInputError(f"model {spec.model.describe()}: no prunable layer found")
+    if spec.finetune.hint_layers:
+        from slimtune.hints import hint_layer_names
+
+        hint_layer_names(table, spec.finetune.hint_layers)  # HintLayerError: one line
     return CheckedInputs(data, model, table)
 
 

@@ -3,8 +3,14 @@
 One categorical dimension per prunable channel group (``prune.<group>``: its prune
 ratio) and one per quantizable layer (``bits.<layer>``: its weight bit-width), plus,
 when the spec's ``space.sparsity``/``space.clusters`` list choices, Deep Compression's
-``sparsity.<layer>`` and ``clusters.<layer>`` (0 = off). The space translates between
-flat parameter dicts (what Optuna samples) and Policies.
+``sparsity.<layer>`` and ``clusters.<layer>`` (0 = off), and when ``space.distill``,
+``space.temperature`` or ``space.alpha`` list choices, the fine-tune recipe's
+``recipe.<name>`` (carried by ``Policy.recipe``). The space translates between flat
+parameter dicts (what Optuna samples) and Policies.
+
+When ``space.rank`` lists fractions, low-rank factorisation adds ``rank.<layer>`` (the
+fraction of the layer's rank kept; 1.0 = not factorised) for the layers where it can
+save MACs.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from slimtune.compress import group_kept
 from slimtune.layers import LayerTable
+from slimtune.lowrank import worthwhile_fractions
 from slimtune.policy import Policy
 
 PRUNE = "prune."
 BITS = "bits."
 SPARSITY = "sparsity."
 CLUSTERS = "clusters."
+RANK = "rank."
+RECIPE = "recipe."
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,19 @@ class SearchSpace:
     # only for layers listed here: empty by default, so a space without them is unchanged
     sparsity: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     clusters: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # low-rank dimensions (``rank.<layer>``; 1.0 = not factorised), only for the layers
+    # listed here: see ``_rank_choices``. Empty by default.
+    rank: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # fine-tune hyperparameters searched (``recipe.distill``, ...); empty: none, a trial
+    # uses the spec's ``finetune`` values
+    recipe: Mapping[str, tuple[float | bool, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_table(
         cls, table: LayerTable, prune_ratios: tuple[float, ...], bits: tuple[int, ...],
         *, round_to: int = 1, sparsity: tuple[float, ...] = (), clusters: tuple[int, ...] = (),
+        rank: tuple[float, ...] = (),
+        recipe: Mapping[str, tuple[float | bool, ...]] | None = None,
     ) -> SearchSpace:
         ratios = {}
         for group in table.groups:
@@ -59,11 +76,14 @@ class SearchSpace:
         cluster_choices = tuple(sorted({0, *clusters})) if clusters else ()
         return cls(table=table, ratios=ratios, bits={n: tuple(bits) for n in names},
                    sparsity={n: sparsity_choices for n in names if sparsity_choices},
-                   clusters={n: cluster_choices for n in names if cluster_choices})
+                   clusters={n: cluster_choices for n in names if cluster_choices},
+                   rank=_rank_choices(table, rank),
+                   recipe={k: tuple(v) for k, v in (recipe or {}).items() if v})
 
     @property
     def dimensions(self) -> int:
-        return len(self.ratios) + len(self.bits) + len(self.sparsity) + len(self.clusters)
+        return len(self.ratios) + len(self.bits) + len(self.sparsity) + len(self.clusters) \
+            + len(self.recipe) + len(self.rank)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Optuna distributions, one categorical per dimension."""
@@ -76,6 +96,10 @@ class SearchSpace:
             dists[SPARSITY + layer] = CategoricalDistribution(choices)
         for layer, choices in self.clusters.items():
             dists[CLUSTERS + layer] = CategoricalDistribution(choices)
+        for layer, choices in self.rank.items():
+            dists[RANK + layer] = CategoricalDistribution(choices)
+        for name, choices in self.recipe.items():
+            dists[RECIPE + name] = CategoricalDistribution(choices)
         return dists
 
     def policy_from_params(self, params: Mapping[str, float | int]) -> Policy:
@@ -87,8 +111,11 @@ class SearchSpace:
                     if k.startswith(SPARSITY) and float(v) > 0}
         clusters = {k.removeprefix(CLUSTERS): int(v) for k, v in params.items()
                     if k.startswith(CLUSTERS) and int(v) > 0}
+        rank = {k.removeprefix(RANK): float(v) for k, v in params.items()
+                if k.startswith(RANK) and float(v) < 1.0}
+        recipe = {k.removeprefix(RECIPE): v for k, v in params.items() if k.startswith(RECIPE)}
         return Policy(prune=prune, bits=bits, model_signature=self.table.signature(),
-                      sparsity=sparsity, clusters=clusters)
+                      sparsity=sparsity, clusters=clusters, recipe=recipe, rank=rank)
 
     def params_from_policy(self, policy: Policy) -> dict[str, float | int]:
         params: dict[str, float | int] = {}
@@ -100,24 +127,51 @@ class SearchSpace:
             params[SPARSITY + layer] = policy.sparsity.get(layer, 0.0)
         for layer in self.clusters:
             params[CLUSTERS + layer] = policy.clusters.get(layer, 0)
+        for layer in self.rank:
+            params[RANK + layer] = policy.rank.get(layer, 1.0)
+        for name in self.recipe:  # only what the policy sets: unset means the spec's value
+            if name in policy.recipe:
+                params[RECIPE + name] = policy.recipe[name]
         return params
 
     def contains(self, policy: Policy) -> bool:
         params = self.params_from_policy(policy)
         dists = self.distributions()
-        return all(params[k] in d.choices for k, d in dists.items())  # type: ignore[attr-defined]
+        return all(params[k] in d.choices  # type: ignore[attr-defined]
+                   for k, d in dists.items() if k in params)  # recipe: unset is allowed
 
-    def uniform(self, ratio: float, bits: int) -> Policy:
-        """The same ratio in every group (capped by what each allows) and the same bits."""
+    def uniform(self, ratio: float, bits: int, rank: float = 1.0) -> Policy:
+        """The same ratio in every group (capped by what each allows) and the same bits;
+        with ``rank`` < 1, that fraction of the rank in every layer with rank choices
+        (raised to the nearest fraction each allows)."""
         prune = {g: max((r for r in rs if r <= ratio), default=0.0)
                  for g, rs in self.ratios.items()}
         return self.policy_from_params(
             {**{PRUNE + g: r for g, r in prune.items()},
-             **{BITS + layer: bits for layer in self.bits}})
+             **{BITS + layer: bits for layer in self.bits},
+             **{RANK + layer: min(f for f in fs if f >= rank) for layer, fs in self.rank.items()}})
 
     def most_aggressive(self) -> list[Policy]:
-        """The smallest model the space allows, once per bit-width (the fastest is one)."""
+        """The smallest model the space allows, once per bit-width (the fastest is one);
+        every layer with rank choices at its smallest rank."""
         all_bits = sorted({b for choices in self.bits.values() for b in choices})
         return [self.policy_from_params(
             {**{PRUNE + g: max(rs) for g, rs in self.ratios.items()},
-             **{BITS + layer: b for layer in self.bits}}) for b in all_bits]
+             **{BITS + layer: b for layer in self.bits},
+             **{RANK + layer: min(fs) for layer, fs in self.rank.items()}}) for b in all_bits]
+
+
+def _rank_choices(table: LayerTable, fractions: tuple[float, ...]) -> dict[str, tuple[float, ...]]:
+    """``rank.<layer>`` choices: 1.0 (not factorised) plus the listed fractions worth trying.
+
+    A layer gets the dimension only if it can be factorised (not a grouped/depthwise
+    conv) and at least one listed fraction gives a rank whose two factors have fewer
+    MACs than the layer (``slimtune.lowrank.worthwhile_fractions``); fractions that can
+    only add MACs are left out, and fractions giving the same rank count once.
+    """
+    choices = {}
+    for layer in table.layers:
+        worth = worthwhile_fractions(layer, fractions)
+        if worth:
+            choices[layer.name] = (*worth, 1.0)
+    return choices

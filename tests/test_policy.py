@@ -31,3 +31,18 @@ def test_invalid_values(kwargs):
 def test_unknown_keys_rejected():
     with pytest.raises(ValueError, match="unknown policy keys"):
         Policy.from_dict({"prune": {}, "ratios": {}})
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from slimtune.policy import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "out" / "policy.json", "{}\n")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "out" / "policy.json").stat().st_mode)
+    assert mode == 0o644 and not list((tmp_path / "out").glob(".policy.json.*"))

@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.spec import load_spec
 
     spec = load_spec(args.job)
+    if spec.space.rank:
+        raise UserInputError("space.rank: an agent decides channels and bits only, it does "
+                             "not factorise layers: remove space.rank to train one")
     out: Path = args.out
     if out.suffix != ".zip":
         raise UserInputError(f"--out {out}: an agent file ends in .zip")

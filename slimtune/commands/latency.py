@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
-    from slimtune.compress import count_macs_params, prune_structure
+    from slimtune.compress import compressed_structure, count_macs_params
     from slimtune.latency import machine_lock
     from slimtune.trial import TrialContext, deploy, measure
 
@@ -105,7 +105,8 @@ def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
                        data=data, budget_ms=float("inf"), trials_dir=Path())
     with tempfile.TemporaryDirectory(prefix="slimtune-latency-") as tmp:
         with machine_lock("shared"):
-            model = prune_structure(checked.model, table, policy, round_to=spec.space.round_to)
+            model = compressed_structure(checked.model, table, policy,
+                                         round_to=spec.space.round_to)
             macs, params = count_macs_params(model, data.input_shape)
             deployed = deploy(ctx, model, policy, Path(tmp) / "model.onnx")
         stats = measure(ctx, deployed)
