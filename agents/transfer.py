@@ -4,8 +4,10 @@ Names differ between models, so each layer of the new model is matched to the la
 the old one that is most alike: same kind first (conv, depthwise, linear), then the
 closest relative depth, then the same stride and kernel. The new layer takes its
 match's bit-width, and each new channel group takes the prune ratio of the group that
-owns its root layer's match (snapped to the ratios the new space allows). The mapping
-is returned so it can be shown to the user.
+owns its root layer's match (snapped to the ratios the new space allows); rank,
+sparsity and cluster counts travel the same way, layer by layer, where the new space
+offers them, and the fine-tune recipe as it is. The mapping is returned so it can be
+shown to the user, with what the new job's space cannot hold.
 """
 
 from __future__ import annotations
@@ -65,10 +67,35 @@ def carry_policy(policy: Policy, source: LayerTable,
             prune[li.group] = ratio
         matches.append(LayerMatch(li.name, match.name, li.depth, match.depth, li.kind,
                                   prune.get(li.group, 0.0) if li.group else 0.0, b))
+    by_target = {m.target: m.source for m in matches}
     carried = Policy(prune={g: r for g, r in prune.items() if r > 0},
                      bits={n: b for n, b in bits.items() if b != 32},
-                     model_signature=target.signature())
+                     model_signature=target.signature(),
+                     sparsity=_carry(policy.sparsity, by_target, target_space.sparsity, 0.0),
+                     clusters=_carry(policy.clusters, by_target, target_space.clusters, 0),
+                     rank=_carry(policy.rank, by_target, target_space.rank, 1.0),
+                     recipe=dict(policy.recipe))  # model-independent: taken as is
     return carried, matches
+
+
+def _carry(values: dict, by_target: dict[str, str], choices: dict, off: float) -> dict:
+    """Per-layer ``values`` of the source, for each target layer the space offers the
+    dimension on: its match's value, snapped to the nearest allowed choice (``off``, the
+    choice that leaves the layer alone, is left out of the policy)."""
+    out = {}
+    for target, source in by_target.items():
+        if source in values and target in choices:
+            value = min(choices[target], key=lambda c, v=values[source]: abs(c - v))
+            if value != off:
+                out[target] = value
+    return out
+
+
+def dropped_dimensions(policy: Policy, space: SearchSpace) -> list[str]:
+    """The parts of ``policy`` that ``space`` does not search at all: a warm start can't
+    keep them (the job's searcher only proposes what its space holds)."""
+    return [name for name in ("sparsity", "clusters", "rank", "recipe")
+            if getattr(policy, name) and not getattr(space, name)]
 
 
 def read_policy_file(path: Path, table: LayerTable) -> tuple[Policy, LayerTable]:
@@ -125,8 +152,11 @@ def warm_start_policy(path: Path, space: SearchSpace,
         return policy, [f"agent {path.name} run on this model: " + ", ".join(
             f"{a.measured_ms:.3f} ms measured" for a in attempts)]
     policy, source = read_policy_file(path, space.table)
+    dropped = dropped_dimensions(policy, space)
+    note = [f"  not carried: {', '.join(dropped)} (this job's space has no such dimension; "
+            "add it under space: to keep it)"] if dropped else []
     if source is space.table:
-        return policy, [f"policy {path.name} (made for this model)"]
+        return policy, [f"policy {path.name} (made for this model)", *note]
     carried, matches = carry_policy(policy, source, space)
     return carried, [f"policy {path.name} carried from model {source.signature()}:",
-                     *(f"  {m.describe()}" for m in matches)]
+                     *(f"  {m.describe()}" for m in matches), *note]

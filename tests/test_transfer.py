@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -82,3 +83,21 @@ def test_bad_warm_start_files(r20, tmp_path):
         with pytest.raises(UserInputError) as err:
             check_warm_start(path, r20.table)
         assert "\n" not in str(err.value)
+
+
+def test_rank_sparsity_and_recipe_are_carried_where_the_space_has_them(r20):
+    from slimtune.agents.transfer import dropped_dimensions
+
+    r32 = SearchSpace.from_table(_space("resnet32").table, (0.0, 0.5), (32, 8),
+                                 round_to=4, rank=(0.25, 0.5), sparsity=(0.5,))
+    deep = [li.name for li in r20.table.layers if li.depth > 0.5]
+    policy = replace(_depth_policy(r20), rank=dict.fromkeys(deep, 0.3),
+                     sparsity=dict.fromkeys(deep, 0.6), clusters=dict.fromkeys(deep, 16),
+                     recipe={"distill": False})
+    carried, _ = carry_policy(policy, r20.table, r32)
+    assert carried.rank and set(carried.rank.values()) == {0.25}  # snapped to the choices
+    assert carried.rank.keys() <= r32.rank.keys()
+    assert set(carried.sparsity.values()) == {0.5} and not carried.clusters
+    assert carried.recipe == {"distill": False}
+    assert r32.contains(replace(carried, recipe={}))
+    assert dropped_dimensions(policy, r32) == ["clusters", "recipe"]
