@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimtune.compress import group_kept, kept_channels, prune_structure
+from slimtune.compress import group_kept, prune_structure
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 
@@ -45,8 +45,7 @@ class ChannelMap:
         in_loss: dict[str, dict[str, float]] = {li.name: {} for li in table.layers}
         out_loss: dict[str, dict[str, float]] = {li.name: {} for li in table.layers}
         for group in table.groups:
-            removed = group.channels - kept_channels(group.channels, 0.5,
-                                                     min_channels=group.min_channels)
+            removed = group.channels - group_kept(group, 0.5)  # what prune_structure removes
             if removed == 0:
                 continue
             pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))

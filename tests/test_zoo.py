@@ -162,3 +162,19 @@ def test_unrunnable_pruning_names_the_group() -> None:
         pytest.skip("torch-pruning did not offer the group")
     with pytest.raises(PolicyError, match="'stem'"):
         apply_policy(model, table, Policy(prune={"stem": 0.5}))
+
+
+def test_channel_map_of_an_odd_head_count_follows_whole_head_pruning() -> None:
+    from slimtune.models.zoo import ViTTiny
+
+    model = ViTTiny(dim=48, num_heads=3).eval()  # 16 channels a head: half is not whole
+    table = build_layer_table(model, SHAPE)
+    policy = Policy(prune={g.name: 0.25 for g in table.groups if g.attention},
+                    model_signature=table.signature())
+    shapes = ChannelMap.probe(model, table).shapes(policy)
+    pruned = dict(prune_structure(model, table, policy).named_modules())
+    for layer, s in shapes.items():
+        m = pruned[layer]
+        got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) \
+            else (m.in_features, m.out_features)
+        assert got == (s.in_channels, s.out_channels), layer
