@@ -34,3 +34,22 @@ def write_job(tmp_path: Path, name: str = "job.yaml", **overrides: Any) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(tiny_job(tmp_path, **overrides)))
     return path
+
+
+def tiny_trial_context(tmp: Path, protocol=None):
+    """A TrialContext for ``tiny_job``: untrained tiny ResNet on synthetic data, a 100 ms
+    budget, a quick latency protocol unless one is given."""
+    from slimtune.data import load_dataset
+    from slimtune.latency import MeasureProtocol
+    from slimtune.layers import build_layer_table
+    from slimtune.models import build_builtin
+    from slimtune.spec import parse_spec
+    from slimtune.trial import TrialContext
+
+    spec = parse_spec(tiny_job(tmp))
+    data = load_dataset("synthetic", train_size=None, val_size=None, test_size=None, seed=0)
+    model = build_builtin("tiny_resnet", 10, 1)
+    table = build_layer_table(model, data.input_shape, round_to=1)
+    return TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
+                        budget_ms=100.0, trials_dir=tmp / "trials",
+                        protocol=protocol or MeasureProtocol(warmup=2, rounds=2, repeats=5))

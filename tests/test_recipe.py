@@ -10,10 +10,8 @@ import torch
 
 import slimtune.finetune as finetune_module
 from slimtune.compress import fake_quantize
-from slimtune.data import load_dataset
 from slimtune.errors import SpecError
 from slimtune.finetune import finetune_recipe
-from slimtune.latency import MeasureProtocol
 from slimtune.layers import build_layer_table
 from slimtune.models import build_builtin
 from slimtune.policy import Policy
@@ -22,7 +20,7 @@ from slimtune.search import make_searcher
 from slimtune.spaces import SearchSpace
 from slimtune.spec import parse_spec
 from slimtune.trial import TrialContext, run_trial
-from tests.jobs import tiny_job
+from tests.jobs import tiny_job, tiny_trial_context
 
 RECIPE = {"distill": (True, False), "temperature": (2.0, 4.0), "alpha": (0.5, 0.9)}
 
@@ -90,14 +88,7 @@ def test_spec_recipe_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory) -> TrialContext:
-    tmp = tmp_path_factory.mktemp("recipe")
-    spec = parse_spec(tiny_job(tmp))
-    data = load_dataset("synthetic", train_size=None, val_size=None, test_size=None, seed=0)
-    model = build_builtin("tiny_resnet", 10, 1)
-    table = build_layer_table(model, data.input_shape, round_to=1)
-    return TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
-                        budget_ms=100.0, trials_dir=tmp / "trials",
-                        protocol=MeasureProtocol(warmup=2, rounds=2, repeats=5))
+    return tiny_trial_context(tmp_path_factory.mktemp("recipe"))
 
 
 def test_trial_uses_the_policys_recipe_over_the_spec(ctx, monkeypatch):

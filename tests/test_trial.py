@@ -7,28 +7,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from slimtune.data import load_dataset
 from slimtune.latency import MeasureProtocol
-from slimtune.layers import build_layer_table
-from slimtune.models import build_builtin
 from slimtune.outputs import load_compressed
 from slimtune.policy import Policy
-from slimtune.spec import parse_spec
 from slimtune.trial import TrialContext, run_trial
-from tests.jobs import tiny_job
+from tests.jobs import tiny_trial_context
 
 FAST = MeasureProtocol(warmup=5, rounds=3, repeats=20)
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory) -> TrialContext:
-    tmp = tmp_path_factory.mktemp("trial")
-    spec = parse_spec(tiny_job(tmp))
-    data = load_dataset("synthetic", train_size=None, val_size=None, test_size=None, seed=0)
-    model = build_builtin("tiny_resnet", 10, 1)
-    table = build_layer_table(model, data.input_shape, round_to=1)
-    return TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
-                        budget_ms=100.0, trials_dir=tmp / "trials", protocol=FAST)
+    return tiny_trial_context(tmp_path_factory.mktemp("trial"), FAST)
 
 
 def test_feasible_trial_is_measured_evaluated_and_saved(ctx):
