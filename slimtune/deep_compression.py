@@ -36,7 +36,6 @@ import heapq
 import io
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -415,19 +414,11 @@ def write_compressed(model: nn.Module, table: LayerTable, policy,
     stored tensors are those of ``compress_weights(copy.deepcopy(model), table, policy)``.
     """
     from slimtune.compress import check_policy
+    from slimtune.policy import write_bytes_atomic
 
     check_policy(table, policy)
     data = encode_state(model, table, policy)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(Path(path), data)
     return len(data)
 
 
