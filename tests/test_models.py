@@ -27,6 +27,8 @@ PARAM_RANGES = {
     "resnet56": (0.84e6, 0.87e6),
     "vgg_small": (0.2e6, 0.35e6),
     "mobilenetv2_small": (0.1e6, 0.3e6),
+    "lenet300": (266_610, 266_610),  # 784-300-100-10
+    "lenet5": (431_080, 431_080),  # Caffe LeNet-5
     "tiny_resnet": (1e3, 10e3),
     "tiny_concat": (1e3, 10e3),
 }
@@ -61,7 +63,9 @@ def test_small_inputs_work(arch: str, size: int) -> None:
 def test_builder_defaults() -> None:
     for builder in BUILTIN_ARCHS.values():
         model = builder()
-        assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels == 1
+        first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        assert (first.in_channels if isinstance(first, nn.Conv2d) else first.in_features) in (
+            1, 28 * 28)  # a conv on one channel, or an MLP on one 28x28 channel
         assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features == 10
 
 

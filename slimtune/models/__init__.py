@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimtune.errors import UserInputError
+from slimtune.models.lenet import lenet5, lenet300
 from slimtune.models.mobilenet import mobilenetv2_small
 from slimtune.models.resnet import resnet20, resnet32, resnet56
 from slimtune.models.testnets import tiny_concat, tiny_resnet
@@ -28,6 +29,8 @@ BUILTIN_ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet56": resnet56,
     "vgg_small": vgg_small,
     "mobilenetv2_small": mobilenetv2_small,
+    "lenet300": lenet300,
+    "lenet5": lenet5,
     "tiny_resnet": tiny_resnet,
     "tiny_concat": tiny_concat,
 }
