@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from slimtune.cli import main
+from slimtune.search.optuna_searcher import DUPLICATE
 from tests.jobs import write_job
 
 pytestmark = pytest.mark.slow
@@ -103,11 +104,12 @@ def test_sigkill_driver_mid_search_then_resume(tmp_path):
 
     study = optuna.load_study(study_name=json.loads((out / "state.json").read_text())
                               ["study_name"], storage=f"sqlite:///{out / 'study.db'}")
-    states = [t.state for t in study.trials]
+    run = [t for t in study.trials if DUPLICATE not in t.user_attrs]  # redraws: never run
+    states = [t.state for t in run]
     assert states.count(optuna.trial.TrialState.COMPLETE) == trials
     # a trial asked but interrupted (its MLflow run may not exist yet): FAIL, asked again
     assert states.count(optuna.trial.TrialState.FAIL) <= 1  # concurrency 1
-    assert all(t.user_attrs.get("slimtune_requeued") for t in study.trials
+    assert all(t.user_attrs.get("slimtune_requeued") for t in run
                if t.state == optuna.trial.TrialState.FAIL)
     assert (out / "pareto.json").is_file()
 

@@ -6,6 +6,7 @@ import optuna
 
 from slimtune.resume import free_ids
 from slimtune.search import make_searcher
+from slimtune.search.optuna_searcher import DUPLICATE
 from slimtune.search.resume import policy_key, resume_searcher
 from tests.test_search import fake_result, space  # noqa: F401 - the fixture
 
@@ -39,7 +40,7 @@ def test_optuna_study_continues_from_storage(tmp_path, space):  # noqa: F811
     assert len(set(keys)) == 8  # warm starts not enqueued twice, no policy drawn again
 
     study = optuna.load_study(study_name="job-1", storage=storage)
-    states = [t.state for t in study.trials]
+    states = [t.state for t in study.trials if DUPLICATE not in t.user_attrs]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 8
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the interrupted one
 
@@ -75,7 +76,8 @@ def test_a_trial_recorded_but_not_told_is_not_run_again(tmp_path, space):  # noq
 
     again = resume_searcher(make_searcher("tpe", space, seed=0, trials=6, storage=storage,
                                           study_name="j"), done)
-    states = [t.state for t in again.study.get_trials(deepcopy=False)]
+    states = [t.state for t in again.study.get_trials(deepcopy=False)
+              if DUPLICATE not in t.user_attrs]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # told from the record
     assert optuna.trial.TrialState.WAITING not in states  # nothing enqueued again
     rest = _run(again, 3, start=3)
