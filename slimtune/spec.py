@@ -137,6 +137,13 @@ class SearchSpec(_Strict):
         return v
 
 
+def _choices(values: tuple, valid, message: str) -> tuple:
+    """Sorted distinct ``values``; ValueError(``message``) if one is not ``valid``."""
+    if any(not valid(v) for v in values):
+        raise ValueError(message)
+    return tuple(sorted(set(values)))
+
+
 class SpaceSpec(_Strict):
     """The per-layer choices: prune ratios for channel groups, bit-widths for layers."""
 
@@ -150,13 +157,17 @@ class SpaceSpec(_Strict):
     # low-rank factorisation per layer (slimtune.lowrank): fractions of the rank kept, in
     # (0, 1]; empty: dimension off. 1.0 (not factorised) is always a choice besides them.
     rank: tuple[float, ...] = ()
+    # the fine-tune recipe as searched hyperparameters (``recipe.<name>`` dimensions);
+    # empty: not searched, the finetune section's value is used
+    distill: tuple[bool, ...] = ()
+    temperature: tuple[float, ...] = ()
+    alpha: tuple[float, ...] = ()
 
     @field_validator("rank")
     @classmethod
     def _rank(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0.0 < r <= 1.0 for r in v):
-            raise ValueError("rank must be a list of fractions of the rank kept, in (0, 1]")
-        return tuple(sorted(set(v)))
+        return _choices(v, lambda r: 0.0 < r <= 1.0,
+                        "rank must be a list of fractions of the rank kept, in (0, 1]")
 
     @model_validator(mode="after")
     def _rank_alone(self) -> SpaceSpec:
@@ -164,11 +175,6 @@ class SpaceSpec(_Strict):
             raise ValueError("rank cannot be searched together with sparsity or clusters: "
                              "a factorised layer is not also sparsified or weight-shared")
         return self
-    # the fine-tune recipe as searched hyperparameters (``recipe.<name>`` dimensions);
-    # empty: not searched, the finetune section's value is used
-    distill: tuple[bool, ...] = ()
-    temperature: tuple[float, ...] = ()
-    alpha: tuple[float, ...] = ()
 
     @field_validator("distill")
     @classmethod
@@ -178,16 +184,12 @@ class SpaceSpec(_Strict):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not t > 0 for t in v):
-            raise ValueError("temperature must be a list of values > 0")
-        return tuple(sorted(set(v)))
+        return _choices(v, lambda t: t > 0, "temperature must be a list of values > 0")
 
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0.0 <= a <= 1.0 for a in v):
-            raise ValueError("alpha must be a list of values in [0, 1]")
-        return tuple(sorted(set(v)))
+        return _choices(v, lambda a: 0.0 <= a <= 1.0, "alpha must be a list of values in [0, 1]")
 
     @property
     def recipe(self) -> dict[str, tuple[bool | float, ...]]:
@@ -199,17 +201,13 @@ class SpaceSpec(_Strict):
     @field_validator("sparsity")
     @classmethod
     def _sparsity(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0.0 <= s < 1.0 for s in v):
-            raise ValueError("sparsity must be a list of values in [0, 1)")
-        return tuple(sorted(set(v)))
+        return _choices(v, lambda s: 0.0 <= s < 1.0, "sparsity must be a list of values in [0, 1)")
 
     @field_validator("clusters")
     @classmethod
     def _clusters(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(not MIN_CLUSTERS <= k <= MAX_CLUSTERS for k in v):
-            raise ValueError(f"clusters must be a list of integers in "
-                             f"[{MIN_CLUSTERS}, {MAX_CLUSTERS}]")
-        return tuple(sorted(set(v)))
+        return _choices(v, lambda k: MIN_CLUSTERS <= k <= MAX_CLUSTERS,
+                        f"clusters must be a list of integers in [{MIN_CLUSTERS}, {MAX_CLUSTERS}]")
 
     @field_validator("prune_ratios")
     @classmethod
