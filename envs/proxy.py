@@ -16,36 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from slimtune.compress import prune_structure, quantize_weights
-from slimtune.data import Split
 from slimtune.envs.problem import CompressionProblem
+from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.latency import LatencyStats, machine_lock
 from slimtune.policy import Policy
 from slimtune.train import accuracy, predict, train
 
 CORRECTION_WINDOW = 10
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: Split, *, batches: int, batch_size: int) -> None:
-    """Re-estimate every BatchNorm's running statistics on training batches, in place."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or batches <= 0:
-        return
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    n = len(split)
-    for i in range(batches):
-        start = (i * batch_size) % max(n - batch_size, 1)
-        model(split.x[start:start + batch_size])
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-    model.eval()
 
 
 class ProxyEvaluator:

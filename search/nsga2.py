@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from slimtune.result import TrialResult
-from slimtune.search.optuna_searcher import OptunaSearcher
+from slimtune.search.optuna_searcher import OptunaSearcher, latency_of, signal
 
 
 class NSGA2Searcher(OptunaSearcher):
@@ -24,4 +24,4 @@ class NSGA2Searcher(OptunaSearcher):
             seed=self.seed, population_size=population)
 
     def values(self, result: TrialResult) -> list[float]:
-        return [result.accuracy or 0.0, float(result.latency_ms or 0.0)]
+        return [signal(result), latency_of(result)]

@@ -26,6 +26,21 @@ MAX_REDRAWS = 20
 _CONSTRAINTS_KEY = "constraints"  # Optuna's system-attr prefix of Trial.set_constraint
 
 
+def signal(result: TrialResult) -> float:
+    """What a searcher maximises: the deployed model's validation accuracy, else the
+    evaluator's score of a candidate never deployed (0 when it has neither)."""
+    if result.accuracy is not None:
+        return result.accuracy
+    return result.score or 0.0
+
+
+def latency_of(result: TrialResult) -> float:
+    """The measured latency, else the screen's prediction (0 when neither)."""
+    if result.latency_ms is not None:
+        return float(result.latency_ms)
+    return float(result.predicted_latency_ms or 0.0)
+
+
 def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
@@ -61,8 +76,9 @@ class OptunaSearcher(Searcher):
         """The Optuna sampler this searcher asks."""
 
     def values(self, result: TrialResult) -> list[float]:
-        """The objective values told to Optuna (accuracy 0 when not evaluated)."""
-        return [result.accuracy or 0.0]
+        """The objective values told to Optuna: the deployed accuracy, else the
+        evaluator's score (0 when neither: stopped before either)."""
+        return [signal(result)]
 
     def enqueue(self, policy: Policy) -> None:
         """Evaluate ``policy`` first (a warm start from a known policy)."""
@@ -149,11 +165,12 @@ class OptunaSearcher(Searcher):
         self._tell(trial, result)
 
     def _tell(self, trial: optuna.Trial, result: TrialResult) -> None:
-        if result.state == "failed" or result.latency_ms is None:
+        latency = result.latency_ms if result.latency_ms is not None \
+            else result.predicted_latency_ms  # a scored candidate: the screen's figure
+        if result.state == "failed" or latency is None:
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        trial.set_constraint(LATENCY_CONSTRAINT,
-                             result.latency_ms - (result.budget_ms or float("inf")))
+        trial.set_constraint(LATENCY_CONSTRAINT, latency - (result.budget_ms or float("inf")))
         for key, excess in constraint_excess(result.to_dict(), self.constraints).items():
             trial.set_constraint(key, excess if math.isfinite(excess) else 0.0)
         self.study.tell(trial, self.values(result))

@@ -62,6 +62,12 @@ class Prepared:
     fastest_policy: Policy
 
 
+def uses_scoring(spec: JobSpec) -> bool:
+    """True when the job scores candidates (``bn_recal``, ``supernet``) and fine-tunes only
+    the winners (slimtune.pipeline), rather than fine-tuning every trial."""
+    return spec.search.evaluator != "finetune"
+
+
 def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
     b = spec.budget
     return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
@@ -226,8 +232,10 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                                       baseline_ms=base_info["latency_ms"], budget_ms=budget)
 
         given = searcher
+        scoring = given is None and uses_scoring(spec)
         searcher = given or make_searcher(
-            spec.search.searcher, prep.space, seed=spec.search.seed, trials=spec.search.trials,
+            spec.search.searcher, prep.space, seed=spec.search.seed,
+            trials=spec.search.candidates if scoring else spec.search.trials,
             warm_start=spec.search.warm_start, storage=storage, study_name=study_name,
             constraints=spec.constraints,
             problem_factory=problem_factory)
@@ -267,23 +275,35 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
             results.append(result)
             progress.update(results)
 
-        _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
         search_start = time.perf_counter()
+        if scoring:
+            _say(f"search: {spec.search.candidates} candidates of {searcher.name} scored by "
+                 f"{spec.search.evaluator}; the best {spec.search.trials} timed paired, "
+                 f"the top {spec.finalize.top_k} fine-tuned")
+        else:
+            _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
         start_ray(address, verbose=verbose)
-        progress = Progress(spec.search.trials, budget)
         try:
-            if remaining:
-                run_search(ctx, searcher, trials=remaining,
-                           concurrency=spec.search.concurrency,
-                           on_suggest=on_suggest, on_complete=on_complete,
-                           trial_ids=free_ids((r.trial_id for r in finished), remaining))
+            if scoring:
+                from slimtune.pipeline.job import scoring_search
+
+                results = scoring_search(ctx, prep.space, searcher, baseline.model, base_info,
+                                         out_dir, tracker, say=_say)
+            else:
+                progress = Progress(spec.search.trials, budget)
+                if remaining:
+                    run_search(ctx, searcher, trials=remaining,
+                               concurrency=spec.search.concurrency,
+                               on_suggest=on_suggest, on_complete=on_complete,
+                               trial_ids=free_ids((r.trial_id for r in finished), remaining))
         except KeyboardInterrupt:  # Ctrl-C or `slimtune stop`: close runs before Ray's
             tracker.close_all("KILLED")  # shutdown, which can outlast a stop's grace time
             raise
         finally:
             stop_ray()
         search_seconds = time.perf_counter() - search_start
-        progress.close()
+        if progress is not None:
+            progress.close()
         if getattr(searcher, "agent", None) is not None:  # ppo: keep the trained agent
             searcher.agent.save(out_dir / "agent.zip")
             tracker.log_artifacts(parent, [out_dir / "agent.zip"])

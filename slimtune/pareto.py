@@ -41,8 +41,11 @@ def dominates(a: TrialResult, b: TrialResult,
 
 def pareto_front(results: Sequence[TrialResult],
                  objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[TrialResult]:
-    """The non-dominated feasible trials, ordered by latency. Ties keep the first trial."""
-    feasible = [r for r in results if r.feasible]
+    """The non-dominated feasible trials, ordered by latency. Ties keep the first trial.
+
+    Only rows with a deployed, evaluated model count (``TrialResult.has_model``): a
+    candidate that was only scored or measured is not something a user can be handed."""
+    feasible = [r for r in results if r.feasible and r.has_model]
     front: list[TrialResult] = []
     for r in feasible:
         if any(dominates(o, r, objectives) for o in feasible):
@@ -54,8 +57,9 @@ def pareto_front(results: Sequence[TrialResult],
 
 
 def best_feasible(results: Sequence[TrialResult]) -> TrialResult | None:
-    """The feasible trial with the best validation accuracy (ties: the faster)."""
-    feasible = [r for r in results if r.feasible]
+    """The feasible trial with the best validation accuracy (ties: the faster), among the
+    rows with a deployed model."""
+    feasible = [r for r in results if r.feasible and r.has_model]
     if not feasible:
         return None
     return max(feasible, key=lambda r: (r.accuracy or 0.0, -(r.latency_ms or 0.0)))

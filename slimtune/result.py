@@ -24,6 +24,15 @@ class TrialResult:
     the latency gate; they are flattened into the row (``ece``, ``agreement``, ...).
     ``violations`` names the spec's ``constraints`` the trial broke: such a trial is
     ``infeasible`` like one over the latency budget.
+
+    ``stage`` is how far a candidate went: ``scored`` (the evaluator's ``score`` and the
+    screen's ``predicted_latency_ms`` only; ``state`` says whether the prediction is
+    within budget), ``measured`` (deployed and timed paired with the baseline:
+    ``latency_ratio``, ``latency_ms``) or ``final`` (fine-tuned, deployed, measured and
+    evaluated: ``accuracy`` and ``test_accuracy`` are the deployed model's). Only final
+    rows are models a user is handed (``has_model``). ``reference`` names what a user
+    would do by hand (``int8``, ``uniform``) when the row is that baseline, finalized by
+    the same recipe in the same run.
     """
 
     trial_id: int
@@ -43,10 +52,21 @@ class TrialResult:
     error: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     violations: tuple[str, ...] = ()
+    stage: str = "final"
+    score: float | None = None
+    predicted_latency_ms: float | None = None
+    latency_ratio: float | None = None
+    reference: str = ""
+    finetune_steps: int | None = None
 
     @property
     def feasible(self) -> bool:
         return self.state == "ok"
+
+    @property
+    def has_model(self) -> bool:
+        """A deployed, evaluated model (a final row): what fronts and ``best`` choose from."""
+        return self.accuracy is not None and self.stage == "final"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

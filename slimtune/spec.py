@@ -108,6 +108,14 @@ class SearchSpec(_Strict):
     """
 
     searcher: Literal["tpe", "nsga2", "random", "uniform", "ppo"] = "tpe"
+    # How a candidate is scored. ``bn_recal`` (EagleEye's adaptive BN on the plainly
+    # pruned baseline) and ``supernet`` (a one-shot weight-sharing supernet) score
+    # ``candidates`` policies cheaply, deploy and time the best ``trials`` of them paired
+    # with the baseline, and fine-tune only the winners (``finalize``). ``finetune`` is
+    # the per-trial 80-step fine-tune of every one of ``trials`` policies, kept for
+    # comparison.
+    evaluator: Literal["supernet", "bn_recal", "finetune"] = "bn_recal"
+    candidates: int = Field(default=300, ge=1, le=1_000_000)
     trials: int = Field(default=16, ge=1, le=100_000)
     seed: int = 0
     concurrency: int = Field(default=1, ge=1, le=1024)
@@ -257,6 +265,31 @@ class FinetuneSpec(_Strict):
     hint_layers: tuple[str, ...] = ()
 
 
+class ScoringSpec(_Strict):
+    """How a scoring evaluator scores a candidate: BN statistics re-estimated on
+    ``recal_batches`` training batches of ``batch_size``, then top-1 accuracy on the first
+    ``val_size`` validation examples."""
+
+    val_size: int = Field(default=1000, ge=1)
+    recal_batches: int = Field(default=8, ge=0, le=10_000)
+    batch_size: int = Field(default=128, ge=1)
+
+
+class FinalizeSpec(_Strict):
+    """The final stage of a scoring search: the ``top_k`` best-scored candidates that
+    measured within budget are fine-tuned for ``epochs`` epochs of the training split with
+    distillation (``finetune.distill``, ``temperature``, ``alpha``), deployed, timed
+    paired and evaluated on val and test. With ``references``, what a user would do by
+    hand (int8 only; uniform pruning at the mildest ratio that meets the budget) gets the
+    same recipe in the same run, so the summary can say what the search beat."""
+
+    top_k: int = Field(default=2, ge=1, le=1000)
+    epochs: float = Field(default=1.0, gt=0, le=1000)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    references: bool = True
+
+
 class EnvSpec(_Strict):
     """The AMC environment: how an episode's policy is scored (see slimtune.envs).
 
@@ -308,6 +341,8 @@ class JobSpec(_Strict):
     space: SpaceSpec = SpaceSpec()
     baseline: BaselineSpec = BaselineSpec()
     finetune: FinetuneSpec = FinetuneSpec()
+    scoring: ScoringSpec = ScoringSpec()
+    finalize: FinalizeSpec = FinalizeSpec()
     env: EnvSpec = EnvSpec()
     agent: AgentSpec = AgentSpec()
     tracking: TrackingSpec = TrackingSpec()

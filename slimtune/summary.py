@@ -23,13 +23,51 @@ def front_table(outcome: JobOutcome) -> str:
                      for row in rows)
 
 
+REFERENCE_NAMES = {"int8": "int8 only", "uniform": "uniform pruning"}
+
+
+def reference_lines(outcome: JobOutcome) -> list[str]:
+    """What the search's best model beat (or not): each reference a user would make by
+    hand, finalized by the same recipe and timed by the same paired protocol."""
+    best, lines = outcome.best, []
+    for r in outcome.results:
+        if not r.reference:
+            continue
+        name = REFERENCE_NAMES.get(r.reference, r.reference)
+        ratio = f"{r.latency_ratio:.2f}x" if r.latency_ratio is not None else "?"
+        if r.stage != "final" or r.accuracy is None:
+            lines.append(f"  {name:16s} {ratio} of the baseline's latency: over the budget"
+                         if r.state == "infeasible" else f"  {name:16s} {r.state}")
+            continue
+        diff = "" if best is None else \
+            f"; best model {100 * ((best.accuracy or 0) - r.accuracy):+.2f} pp val, " \
+            f"{100 * ((best.test_accuracy or 0) - (r.test_accuracy or 0)):+.2f} pp test"
+        within = "" if r.feasible else " (over the budget after all)"
+        lines.append(f"  {name:16s} val {r.accuracy:.4f} test {r.test_accuracy or 0:.4f} at "
+                     f"{ratio} of the baseline (#{r.trial_id}){within}{diff}")
+    return lines
+
+
 def print_summary(outcome: JobOutcome) -> None:
     out = outcome.out_dir.resolve()
     n = len(outcome.results)
     feasible = sum(r.feasible for r in outcome.results)
     failed = sum(r.state == "failed" for r in outcome.results)
-    print(f"\n{n} trials ({feasible} within the {outcome.budget_ms:.3f} ms budget, {failed} failed)"
-          f" in {outcome.wall_seconds:.0f} s; hypervolume {outcome.hypervolume:.4f}")
+    if any(r.stage == "scored" or r.score is not None for r in outcome.results):
+        measured = [r for r in outcome.results if r.stage != "scored" and not r.reference]
+        finals = [r for r in outcome.results if r.stage == "final"]
+        print(f"\n{n} candidates scored, {len(measured)} timed paired with the baseline "
+              f"({sum(r.feasible for r in measured)} within the {outcome.budget_ms:.3f} ms "
+              f"budget), {len(finals)} fine-tuned, {failed} failed, in "
+              f"{outcome.wall_seconds:.0f} s; hypervolume {outcome.hypervolume:.4f}")
+    else:
+        print(f"\n{n} trials ({feasible} within the {outcome.budget_ms:.3f} ms budget, "
+              f"{failed} failed) in {outcome.wall_seconds:.0f} s; hypervolume "
+              f"{outcome.hypervolume:.4f}")
+    refs = reference_lines(outcome)
+    if refs:
+        print("References (what you would get by hand; same fine-tune, same paired timing):")
+        print("\n".join(refs))
     print(f"Pareto front (* = best feasible by validation accuracy):\n{front_table(outcome)}\n")
     print(f"front:      {out / 'pareto.json'}  {out / 'pareto.png'}")
     if outcome.best is not None:

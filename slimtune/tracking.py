@@ -265,7 +265,10 @@ class Tracker:
 
     def end_trial(self, run_id: str, result: TrialResult) -> None:
         metrics = {k: v for k, v in trial_metrics(result).items() if v is not None}
-        tags = {"feasible": str(result.feasible).lower(), "state": result.state}
+        tags = {"feasible": str(result.feasible).lower(), "state": result.state,
+                "stage": result.stage}
+        if result.reference:
+            tags["reference"] = result.reference
         if result.error:
             tags["error"] = result.error[:5000]
         if result.violations:
@@ -322,5 +325,9 @@ def trial_metrics(result: TrialResult) -> dict[str, float | None]:
         "budget_ms": result.budget_ms,
         "feasible": float(result.feasible),
         "trial_seconds": result.seconds,
+        "score": result.score,
+        "predicted_latency_ms": result.predicted_latency_ms,
+        "latency_ratio": result.latency_ratio,
+        "finetune_steps": result.finetune_steps,
         **flat_metrics(result.metrics),
     }

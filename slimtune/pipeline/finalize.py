@@ -1,0 +1,83 @@
+"""Stage 3: the winners fine-tuned for real, deployed, timed paired, evaluated."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from slimtune.evaluators.base import Evaluator
+from slimtune.finetune import finetune
+from slimtune.latency import machine_lock
+from slimtune.pipeline.measure import Budget, paired_timing
+from slimtune.result import TrialResult
+from slimtune.spec import JobSpec
+from slimtune.trial import TrialContext, evaluate_deployed
+
+
+def finalize_steps(spec: JobSpec, train_size: int) -> int:
+    """Optimizer steps of ``finalize.epochs`` epochs over the training split."""
+    return max(1, math.ceil(spec.finalize.epochs * train_size / spec.finalize.batch_size))
+
+
+def final_recipe(spec: JobSpec, train_size: int) -> JobSpec:
+    """The job spec with its fine-tune section set to the final stage's recipe."""
+    ft = spec.finetune.model_copy(update={
+        "steps": finalize_steps(spec, train_size), "batch_size": spec.finalize.batch_size,
+        "lr": spec.finalize.lr})
+    return spec.model_copy(update={"finetune": ft})
+
+
+def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult,
+                       baseline: Any, budget: Budget) -> TrialResult:
+    """Fine-tune ``row``'s policy from the evaluator's network (distillation from the
+    baseline), deploy it into ``trials/ID/`` and evaluate it: a ``final`` row."""
+    start = time.perf_counter()
+    spec = final_recipe(ctx.spec, len(ctx.data.train))
+    ctx = replace(ctx, spec=spec)
+    torch.set_num_threads(spec.target.threads)
+    teacher = ctx.baseline_model()
+    with machine_lock("shared"):
+        model = evaluator.model(row.policy)
+        finetune(model, teacher, ctx.table, row.policy, spec, ctx.data.train,
+                 seed=spec.search.seed + row.trial_id)
+    fields = evaluate_deployed(ctx, model, row.policy, ctx.trials_dir / str(row.trial_id),
+                               timing=paired_timing(ctx, baseline, budget))
+    return replace(row, **fields, finetune_steps=spec.finetune.steps,
+                   seconds=row.seconds + time.perf_counter() - start)
+
+
+def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialResult],
+                    baseline: Any, budget: Budget, on_row) -> list[TrialResult]:
+    """Each candidate's final stage as a Ray task (``target.threads`` CPUs each, at most
+    ``search.concurrency`` at once); a task that raises gives a ``failed`` row."""
+    import ray
+
+    task = ray.remote(num_cpus=float(ctx.spec.target.threads),
+                      max_retries=ctx.spec.search.max_failures)(_finalize_task)
+    ctx_ref, ev_ref = ray.put(ctx), ray.put(evaluator)
+    done: list[TrialResult] = []
+    pending = list(rows)
+    running: dict[Any, TrialResult] = {}
+    while pending or running:
+        while pending and len(running) < ctx.spec.search.concurrency:
+            row = pending.pop(0)
+            running[task.remote(ctx_ref, ev_ref, row, baseline, budget)] = row
+        ready, _ = ray.wait(list(running), num_returns=1)
+        row = running.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as err:  # noqa: BLE001 - one failed candidate must not end the job
+            result = replace(row, state="failed", stage="final",
+                             error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        on_row(result)
+        done.append(result)
+    return done
+
+
+def _finalize_task(ctx: TrialContext, evaluator: Evaluator, row: TrialResult, baseline: Any,
+                   budget: Budget) -> TrialResult:
+    return finalize_candidate(ctx, evaluator, row, baseline, budget)

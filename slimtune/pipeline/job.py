@@ -1,0 +1,130 @@
+"""A job's scoring search: its evaluator, screen and budget built, its rows recorded.
+
+Every row goes to ``trials.jsonl`` as it is produced (a crash loses nothing done);
+measured and final candidates are MLflow child runs (a candidate's final figures land
+in the run its measurement opened); scored-only candidates go to the parent run as
+counts and as the ``candidates.jsonl`` table. At the end ``trials.jsonl`` is rewritten
+with one row per candidate, the furthest stage it reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from slimtune.evaluators import Evaluator
+from slimtune.latency import machine_lock
+from slimtune.outputs import append_trial
+from slimtune.pipeline.finalize import finalize_steps
+from slimtune.pipeline.measure import Budget
+from slimtune.pipeline.run import ScoringSearch, run_scoring_search
+from slimtune.policy import write_text_atomic
+from slimtune.result import TrialResult
+from slimtune.screening import Screen
+from slimtune.search.base import Searcher
+from slimtune.spaces import SearchSpace
+from slimtune.tracking import Tracker
+from slimtune.trial import TrialContext
+
+CANDIDATES_FILE = "candidates.jsonl"
+
+
+def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
+                    say: Callable[[str], None]) -> Evaluator:
+    """The spec's ``search.evaluator`` for this baseline and space."""
+    spec = ctx.spec
+    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+
+    settings = ScoreSettings(recal_batches=spec.scoring.recal_batches,
+                             batch_size=spec.scoring.batch_size, val_size=spec.scoring.val_size)
+    if spec.search.evaluator == "bn_recal":
+        return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
+                                round_to=spec.space.round_to, settings=settings,
+                                threads=spec.target.threads)
+    raise NotImplementedError(f"evaluator {spec.search.evaluator!r}")
+
+
+def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
+                 say: Callable[[str], None]) -> Screen:
+    """The measured per-layer latency predictor (cached per target) behind the screen."""
+    from slimtune.predictor import build_predictor
+
+    with machine_lock("shared"):
+        calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+    predictor = build_predictor(ctx.spec, baseline, ctx.table, progress=say,
+                                calibration_x=calib)
+    say(predictor.describe())
+    return Screen(predictor.predict_ms, budget_ms)
+
+
+def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
+                   baseline: nn.Module, base_info: dict[str, Any], out_dir: Path,
+                   tracker: Tracker, *, say: Callable[[str], None]) -> list[TrialResult]:
+    """Run the scoring search of a job whose baseline is measured (``base_info``)."""
+    spec = ctx.spec
+    budget = Budget(ms=ctx.budget_ms, fraction=spec.budget.latency_fraction,
+                    baseline_ms=float(base_info["latency_ms"]))
+    screen = build_screen(ctx, baseline, budget.ms, say)
+    say(f"evaluator {spec.search.evaluator}: building")
+    evaluator = build_evaluator(ctx, baseline, space, say)
+    reference: Any = out_dir / "baseline" / "model.onnx"
+    if spec.target.runtime == "torch":
+        reference = baseline
+    runs: dict[int, str] = {}
+
+    def on_row(row: TrialResult) -> None:
+        row = replace(row, mlflow_run_id=runs.get(row.trial_id, ""))
+        if row.stage != "scored" and row.trial_id not in runs:
+            params = space.params_from_policy(row.policy)
+            runs[row.trial_id] = tracker.start_trial(row.trial_id, params, row.searcher)
+            row = replace(row, mlflow_run_id=runs[row.trial_id])
+        append_trial(out_dir, row)
+        if row.stage != "scored":
+            tracker.end_trial(runs[row.trial_id], row)
+            if tracker.degraded:
+                tracker.sync()
+
+    search = ScoringSearch(ctx=ctx, space=space, searcher=searcher, evaluator=evaluator,
+                           screen=screen, budget=budget, baseline=reference, on_row=on_row,
+                           say=say)
+    rows = run_scoring_search(search)
+    rows = [replace(r, mlflow_run_id=runs.get(r.trial_id, "")) for r in rows]
+    compact_trials(out_dir, rows)
+    _log_parent(tracker, out_dir, rows, search, finalize_steps(spec, len(ctx.data.train)))
+    return rows
+
+
+def compact_trials(out_dir: Path, rows: list[TrialResult]) -> None:
+    """``trials.jsonl`` as one row per candidate (its furthest stage), written atomically."""
+    text = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows)
+    write_text_atomic(out_dir / "trials.jsonl", text)
+
+
+def _log_parent(tracker: Tracker, out_dir: Path, rows: list[TrialResult],
+                search: ScoringSearch, steps: int) -> None:
+    scored = [r for r in rows if r.reference == ""]
+    measured = [r for r in rows if r.stage != "scored" and not r.reference]
+    path = out_dir / CANDIDATES_FILE
+    write_text_atomic(path, "".join(json.dumps(
+        {"trial_id": r.trial_id, "stage": r.stage, "state": r.state, "score": r.score,
+         "predicted_latency_ms": r.predicted_latency_ms, "latency_ms": r.latency_ms,
+         "reference": r.reference, "policy": r.policy.to_dict()}, sort_keys=True) + "\n"
+        for r in rows))
+    parent = tracker.parent_id
+    assert parent is not None
+    tracker.log(parent, metrics={
+        "candidates_scored": sum(r.score is not None for r in scored),
+        "candidates_screened_out": sum(r.score is None for r in scored),
+        "candidates_measured": len(measured),
+        "candidates_measured_within_budget": sum(r.feasible for r in measured),
+        "screen_hit_rate": (sum(r.feasible for r in measured) / len(measured)) if measured
+        else 0.0,
+        "screen_correction": search.screen.correction(),
+        "finalize_steps": steps,
+        **{f"stage_{k}": v for k, v in search.timings.items()}})
+    tracker.log_artifacts(parent, [path])

@@ -1,0 +1,110 @@
+"""Stage 2: the best-scored candidates deployed and timed paired with the baseline."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from slimtune.compress import compressed_structure, count_macs_params, packed_size_bytes
+from slimtune.latency import machine_lock
+from slimtune.paired import PairedLatency, measure_paired, scaled
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+from slimtune.screening import Screen
+from slimtune.trial import TrialContext, deploy
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The job's budget: a fraction of the baseline (checked on the paired ratio) or ms
+    (checked on the candidate's own median). ``ms`` is the fraction's ms equivalent."""
+
+    ms: float
+    fraction: float | None
+    baseline_ms: float  # the baseline's reference median, measured once per job
+
+    def met(self, paired: PairedLatency) -> bool:
+        if self.fraction is not None:
+            return paired.ratio <= self.fraction
+        return paired.candidate.median_ms <= self.ms
+
+    def latency_ms(self, paired: PairedLatency) -> float:
+        """The figure reported as ``latency_ms``: the ratio on the reference scale for a
+        fractional budget, the candidate's own median for an ms budget."""
+        return paired.ms(self.baseline_ms) if self.fraction is not None \
+            else paired.candidate.median_ms
+
+
+def paired_timing(ctx: TrialContext, baseline: Any, budget: Budget):
+    """A ``slimtune.trial.Timing``: the deployed model timed paired with ``baseline``
+    (the baseline's .onnx, or its module for the torch runtime)."""
+
+    def timing(deployed: Any) -> tuple[Any, float, bool]:
+        subject = deployed.onnx_path or deployed.model
+        paired = measure_paired(subject, baseline, ctx.spec.target, ctx.data.input_shape)
+        factor = budget.latency_ms(paired) / max(paired.candidate.median_ms, 1e-12)
+        return scaled(paired.candidate, factor), paired.ratio, budget.met(paired)
+
+    return timing
+
+
+def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,
+                      budget: Budget) -> TrialResult:
+    """Deploy ``row``'s policy (its architecture: weights do not move latency) and time it
+    paired with the baseline: a ``measured`` row."""
+    policy = row.policy
+    with machine_lock("shared"):
+        model = compressed_structure(ctx.baseline_model(), ctx.table, policy,
+                                     round_to=ctx.spec.space.round_to)
+        macs, params = count_macs_params(model, ctx.data.input_shape)
+    with tempfile.TemporaryDirectory(prefix="slimtune-measure-") as tmp:
+        with machine_lock("shared"):
+            deployed = deploy(ctx, model, policy, Path(tmp) / "candidate.onnx")
+        stats, ratio, met = paired_timing(ctx, baseline, budget)(deployed)
+    return replace(row, stage="measured", state="ok" if met else "infeasible",
+                   latency_ms=stats.median_ms, latency=stats.to_dict(), latency_ratio=ratio,
+                   macs=macs, params=params,
+                   size_bytes=packed_size_bytes(model, ctx.table, policy))
+
+
+def measurement_order(rows: Sequence[TrialResult]) -> list[TrialResult]:
+    """Scored, predicted-feasible rows in successive Pareto layers of (score up,
+    predicted latency down), best score first within a layer: the front of the scores
+    is timed before the candidates it dominates."""
+    left = [r for r in rows if r.state == "ok" and r.score is not None]
+    seen: set[str] = set()
+    left = [r for r in left if not (r.policy.key() in seen or seen.add(r.policy.key()))]
+    order: list[TrialResult] = []
+    while left:
+        layer = [r for r in left if not any(
+            o.score >= r.score and o.predicted_latency_ms <= r.predicted_latency_ms
+            and (o.score > r.score or o.predicted_latency_ms < r.predicted_latency_ms)
+            for o in left)]
+        layer.sort(key=lambda r: -r.score)
+        order.extend(layer)
+        ids = {id(r) for r in layer}
+        left = [r for r in left if id(r) not in ids]
+    return order
+
+
+def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: Screen, *,
+                       count: int, baseline: Any, budget: Budget,
+                       on_row: Callable[[TrialResult], None],
+                       skip: Callable[[Policy], bool] = lambda p: False) -> list[TrialResult]:
+    """Time up to ``count`` candidates in :func:`measurement_order`, re-screening each
+    with the margin the measurements so far have taught; each measurement is recorded
+    by the screen. Returns the ``measured`` rows."""
+    measured: list[TrialResult] = []
+    for row in measurement_order(rows):
+        if len(measured) >= count:
+            break
+        if skip(row.policy) or not screen.admits(row.policy):
+            continue
+        done = measure_candidate(ctx, row, baseline, budget)
+        screen.record(row.policy, done.latency_ms or 0.0)
+        on_row(done)
+        measured.append(done)
+    return measured

@@ -1,0 +1,130 @@
+"""The three stages in order, over one job's context (see the package docstring)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimtune.errors import UserInputError
+from slimtune.evaluators.base import Evaluator
+from slimtune.pipeline.finalize import finalize_in_ray
+from slimtune.pipeline.measure import Budget, measure_candidate, measure_candidates
+from slimtune.pipeline.references import int8_reference, uniform_ladder
+from slimtune.pipeline.score import ScoringPool, score_candidates
+from slimtune.result import TrialResult
+from slimtune.screening import Screen
+from slimtune.search.base import Searcher
+from slimtune.spaces import SearchSpace
+from slimtune.trial import TrialContext
+
+#: candidates asked and scored per round trip to the scoring actors
+SCORE_BATCH = 16
+#: uniform ratios tried for the uniform reference before it is given up
+UNIFORM_TRIES = 3
+REFERENCE = "reference"
+
+
+@dataclass
+class ScoringSearch:
+    """One scoring search: its parts, and the rows it produced (latest stage per id)."""
+
+    ctx: TrialContext
+    space: SearchSpace
+    searcher: Searcher
+    evaluator: Evaluator
+    screen: Screen
+    budget: Budget
+    baseline: Any  # the baseline as deployed (.onnx), the pair of every measurement
+    on_row: Callable[[TrialResult], None]  # every new or advanced row (trials.jsonl, MLflow)
+    say: Callable[[str], None] = lambda _m: None
+    rows: dict[int, TrialResult] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self, row: TrialResult) -> None:
+        self.rows[row.trial_id] = row
+        self.on_row(row)
+
+
+def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
+    """Score ``search.candidates`` policies, time the best ``search.trials``, fine-tune
+    the ``finalize.top_k`` best-scored that met the budget, plus the references."""
+    spec = s.ctx.spec
+    t0 = time.perf_counter()
+    pool = ScoringPool(s.evaluator, workers=spec.search.concurrency,
+                       cpus=float(spec.target.threads))
+    try:
+        refs = _reference_rows(s, pool, first_id=spec.search.candidates)
+        _seed_searcher(s)
+        s.timings["references_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        scored = score_candidates(s.searcher, pool, s.screen, count=spec.search.candidates,
+                                  first_id=0, batch=SCORE_BATCH * spec.search.concurrency,
+                                  on_row=s.record)
+        s.timings["score_s"] = time.perf_counter() - t1
+    finally:
+        pool.close()
+    admitted = sum(r.state == "ok" for r in scored)
+    s.say(f"scored {admitted} of {len(scored)} candidates ({len(scored) - admitted} screened "
+          f"out by predicted latency) in {s.timings['score_s']:.0f} s")
+    t2 = time.perf_counter()
+    ref_keys = {r.policy.key() for r in refs}
+    measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
+                                  baseline=s.baseline, budget=s.budget, on_row=s.record,
+                                  skip=lambda p: p.key() in ref_keys)
+    s.timings["measure_s"] = time.perf_counter() - t2
+    within = sorted((r for r in measured if r.feasible), key=lambda r: -(r.score or 0.0))
+    s.say(f"measured {len(measured)} candidates paired with the baseline: {len(within)} "
+          f"within budget (screen margin x{s.screen.correction():.2f})")
+    winners = within[:spec.finalize.top_k]
+    finals = winners + [r for r in refs if r.feasible and r.stage == "measured"]
+    t3 = time.perf_counter()
+    s.say(f"finalize: {len(finals)} models fine-tuned "
+          f"({len(winners)} searched, {len(finals) - len(winners)} references)")
+    finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record)
+    s.timings["finalize_s"] = time.perf_counter() - t3
+    return [s.rows[i] for i in sorted(s.rows)]
+
+
+def _seed_searcher(s: ScoringSearch) -> None:
+    """Put the uniform grid (every ratio, at each bit-width) first in the searcher's
+    queue: cheap to score, and it shows a model-based sampler where good policies lie
+    before it samples at random. Searchers without a queue (uniform) are left alone."""
+    ratios = sorted({r for rs in s.space.ratios.values() for r in rs})
+    bits = sorted({b for bs in s.space.bits.values() for b in bs}, reverse=True)
+    grid = {p.key(): p for p in (s.space.uniform(r, b) for r in ratios for b in bits)}
+    for policy in list(grid.values())[:s.ctx.spec.search.candidates // 4]:
+        try:
+            s.searcher.enqueue(policy)
+        except UserInputError:
+            return
+
+
+def _reference_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[TrialResult]:
+    """The references (int8 only; the mildest uniform ratio that measures within budget),
+    scored and measured, numbered after the candidates."""
+    if not s.ctx.spec.finalize.references:
+        return []
+    rows: list[TrialResult] = []
+
+    def add(policy, label: str) -> TrialResult:
+        score = pool.score([policy])[0]
+        row = TrialResult(trial_id=first_id + len(rows), policy=policy, state="ok",
+                          stage="scored", score=score,
+                          predicted_latency_ms=s.screen.predicted_ms(policy),
+                          budget_ms=s.budget.ms, searcher=REFERENCE, reference=label)
+        row = measure_candidate(s.ctx, row, s.baseline, s.budget)
+        s.screen.record(policy, row.latency_ms or 0.0)
+        s.record(row)
+        rows.append(row)
+        return row
+
+    int8 = int8_reference(s.space)
+    if int8 is not None:
+        add(int8, "int8")
+    for policy in uniform_ladder(s.space, s.screen)[:UNIFORM_TRIES]:
+        if add(policy, "uniform").feasible:
+            break
+    return rows
+

@@ -1,0 +1,54 @@
+"""Screening: the latency predictor decides which candidates are worth deploying.
+
+Before anything is exported, every scored candidate's latency is predicted by the
+measured per-layer table (:mod:`slimtune.predictor`), times a correction learnt from the
+candidates measured so far (measured / predicted, as the env's budget wall does). Only
+predicted-feasible candidates are deployed and measured, and every measurement moves
+the correction, so a predictor that is optimistic on this machine today stops wasting
+measurements after the first few.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from slimtune.policy import Policy
+
+#: measured/predicted ratios remembered for the correction
+WINDOW = 12
+#: the correction is this quantile of the recent ratios: a margin, not the average case
+QUANTILE = 0.75
+BOUNDS = (0.5, 3.0)
+
+
+@dataclass
+class Screen:
+    """Predicted latency of a policy with a learnt margin, against a budget in ms."""
+
+    predict_ms: Callable[[Policy], float]
+    budget_ms: float
+    ratios: list[float] = field(default_factory=list)
+
+    def correction(self) -> float:
+        """The QUANTILE of the last WINDOW measured/predicted ratios (1 before any),
+        bounded so one outlier cannot move it far."""
+        recent = self.ratios[-WINDOW:]
+        if not recent:
+            return 1.0
+        return float(np.clip(np.quantile(recent, QUANTILE), *BOUNDS))
+
+    def predicted_ms(self, policy: Policy) -> float:
+        """The predictor's figure times the learnt correction."""
+        return self.predict_ms(policy) * self.correction()
+
+    def admits(self, policy: Policy) -> bool:
+        return self.predicted_ms(policy) <= self.budget_ms
+
+    def record(self, policy: Policy, measured_ms: float) -> None:
+        """Learn from a measurement of ``policy`` (in the budget's units)."""
+        raw = self.predict_ms(policy)
+        if raw > 0 and measured_ms > 0:
+            self.ratios.append(measured_ms / raw)
