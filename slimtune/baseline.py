@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from slimtune.data import Dataset
-from slimtune.models import build_builtin, import_model, load_weights
+from slimtune.models import adapt_output, build_builtin, import_model, load_weights
 from slimtune.spec import JobSpec, ModelSpec
 
 RECIPE_VERSION = 1  # bump when the training code changes what a recipe produces
@@ -29,12 +29,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune"))
 
 
-def build_model(model: ModelSpec, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The architecture named by the spec, with random initial weights."""
+def build_model(model: ModelSpec, *, num_classes: int, in_channels: int,
+                input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The architecture named by the spec, with random initial weights.
+
+    A user's model whose forward returns a dict, tuple or ``ModelOutput`` comes back
+    wrapped in :class:`~slimtune.models.LogitsOf` (decided by one forward on a batch of
+    ``input_shape``, one example's shape), so everything downstream sees logits. Every
+    caller that rebuilds a job's model passes the same ``input_shape``, so the wrapped
+    model and its state dict keys are the same everywhere.
+    """
     if model.arch is not None:
         return build_builtin(model.arch, num_classes, in_channels)
     assert model.import_ is not None
-    return import_model(model.import_, num_classes, in_channels)
+    user_model = import_model(model.import_, num_classes, in_channels)
+    if input_shape is None:
+        return user_model
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    return adapt_output(user_model, example, model.output_key)
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,10 @@ class Baseline:
 
 def baseline_key(spec: JobSpec) -> str:
     """Hash of everything that determines the trained baseline's weights."""
-    recipe = {"model": spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"}),
+    model = spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"})
+    if model.get("output_key") is None:  # added later: unset, it keeps cached baselines
+        model.pop("output_key", None)
+    recipe = {"model": model,
               "data": spec.data.model_dump(mode="json"), "baseline": spec.baseline.model_dump(),
               "version": RECIPE_VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -58,7 +73,8 @@ def baseline_key(spec: JobSpec) -> str:
 def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     """Load the user's weights, or the cached baseline, or train one and cache it."""
     in_channels = data.input_shape[0]
-    model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels)
+    model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels,
+                        input_shape=data.input_shape)
     key = baseline_key(spec)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)

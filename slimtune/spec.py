@@ -42,6 +42,10 @@ class ModelSpec(_Strict):
     arch: str | None = None
     import_: str | None = Field(default=None, alias="import")
     weights: Path | None = None
+    # which part of a forward's non-tensor output (dict, tuple, ModelOutput) holds the
+    # logits: a key or attribute name, or a tuple index; None: ``logits``, else the first
+    # tensor (see slimtune.models.logits)
+    output_key: str | int | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from torch import nn
@@ -10,7 +11,7 @@ from slimtune.baseline import build_model
 from slimtune.data import Dataset, check_dataset, load_dataset
 from slimtune.errors import UserInputError
 from slimtune.layers import LayerTable, build_layer_table
-from slimtune.models import load_weights
+from slimtune.models import load_weights, output_note
 from slimtune.spec import JobSpec
 from slimtune.tracking import check_tracking_uri
 
@@ -36,7 +37,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
     data = load_dataset(d.dataset, train_size=d.train_size, val_size=d.val_size,
                         test_size=d.test_size, seed=spec.baseline.seed)
     model = build_model(spec.model, num_classes=data.num_classes,
-                        in_channels=data.input_shape[0])
+                        in_channels=data.input_shape[0], input_shape=data.input_shape)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
@@ -46,6 +47,9 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         from slimtune.hints import hint_layer_names
 
         hint_layer_names(table, spec.finetune.hint_layers)  # HintLayerError: one line
+    note = output_note(model)
+    if note:  # only once every check has passed
+        print(f"slimtune: {note}", file=sys.stderr, flush=True)
     return CheckedInputs(data, model, table)
 
 
