@@ -59,14 +59,28 @@ class Baseline:
     train_seconds: float
 
 
-def baseline_key(spec: JobSpec) -> str:
-    """Hash of everything that determines the trained baseline's weights."""
-    model = spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"})
-    if model.get("output_key") is None:  # added later: unset, it keeps cached baselines
-        model.pop("output_key", None)
-    recipe = {"model": model,
-              "data": spec.data.model_dump(mode="json"), "baseline": spec.baseline.model_dump(),
+# Spec keys added after baselines were first cached: left out of the key while unset, so
+# the jobs that do not use them keep their cached baselines.
+_LATER_KEYS = {"model": ("output_key",),
+               "data": ("import_", "folder", "npz", "size", "mean", "std", "channels")}
+
+
+def _dump(section, name: str, **kwargs) -> dict:
+    data = section.model_dump(mode="json", **kwargs)
+    return {k: v for k, v in data.items() if v is not None or k not in _LATER_KEYS[name]}
+
+
+def baseline_key(spec: JobSpec, data: Dataset | None = None) -> str:
+    """Hash of everything that determines the trained baseline's weights.
+
+    For a user's data (``data.fingerprint``: a hash of the training split's tensors), a
+    changed file under the same path is a new key, not a stale cached baseline.
+    """
+    recipe = {"model": _dump(spec.model, "model", by_alias=True, exclude={"weights"}),
+              "data": _dump(spec.data, "data"), "baseline": spec.baseline.model_dump(),
               "version": RECIPE_VERSION}
+    if data is not None and data.fingerprint:
+        recipe["data_fingerprint"] = data.fingerprint
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -75,7 +89,7 @@ def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     in_channels = data.input_shape[0]
     model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels,
                         input_shape=data.input_shape)
-    key = baseline_key(spec)
+    key = baseline_key(spec, data)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
         return Baseline(model.eval(), "weights", key, 0.0)
