@@ -14,8 +14,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from slimtune.data import Dataset
@@ -65,7 +67,7 @@ _LATER_KEYS = {"model": ("output_key",),
                "data": ("import_", "folder", "npz", "size", "mean", "std", "channels")}
 
 
-def _dump(section, name: str, **kwargs) -> dict:
+def _dump(section: BaseModel, name: str, **kwargs: Any) -> dict[str, Any]:
     data = section.model_dump(mode="json", **kwargs)
     return {k: v for k, v in data.items() if v is not None or k not in _LATER_KEYS[name]}
 

@@ -159,3 +159,12 @@ def test_data_errors_are_one_line(tmp_path) -> None:
     with pytest.raises(DataError, match="fewer than train 9 \\+ val 1") as info:
         data(folder=tmp_path / "pics", train_size=9)
     assert "\n" not in str(info.value)
+
+
+def test_baseline_keys_of_builtin_jobs_unchanged() -> None:
+    """The new data and model keys, unset, leave the cache key of a job as it was (the
+    value computed before they existed), so cached baselines are still found."""
+    spec = parse_spec({"name": "k", "model": {"import": "torch.nn:Identity"},
+                       "data": {"dataset": "digits", "train_size": 100},
+                       "budget": {"latency_fraction": 0.5}})
+    assert baseline_key(spec) == "f7a6c98707d728ff"
