@@ -43,6 +43,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 DEFAULT_VAL_FRACTION = 0.1  # of train, when a source has no val split
+MAX_UNNAMED_CLASSES = 100_000  # a larger label without class names is not a class index
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _LOAD_BATCH = 256
 
@@ -125,6 +126,9 @@ def _finish(name: str, splits: Mapping[str, tuple[np.ndarray | torch.Tensor, np.
             raise DataError(f"{name}: label {high} is out of range for {len(class_names)} "
                             "classes (labels are 0 .. classes - 1)")
         names = tuple(str(c) for c in class_names)
+    elif high >= MAX_UNNAMED_CLASSES:
+        raise DataError(f"{name}: label {high} is not a class index 0 .. classes - 1 "
+                        f"(give class names for more than {MAX_UNNAMED_CLASSES} classes)")
     else:
         names = tuple(str(c) for c in range(high + 1))
     if len(names) < 2:
@@ -308,8 +312,11 @@ def _decode(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarr
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _per_channel(value: float | tuple[float, ...], channels: int) -> np.ndarray:
+def _per_channel(value: float | tuple[float, ...], channels: int, key: str) -> np.ndarray:
     values = np.atleast_1d(np.asarray(value, dtype=np.float32))
+    if len(values) not in (1, channels):
+        raise DataError(f"data.{key} has {len(values)} values but the images have "
+                        f"{channels} channel(s): give one value or one per channel")
     return np.broadcast_to(values, (channels,)).reshape(channels, 1, 1)
 
 
@@ -347,9 +354,9 @@ def _folder(spec: DataSpec, sizes: tuple[int | None, ...], seed: int) -> Dataset
         x = np.stack([_decode(path, channels, size) for path, _ in pairs])
         splits[name] = (x, np.asarray([label for _, label in pairs], dtype=np.int64))
     train_x = splits["train"][0]
-    mean = (_per_channel(spec.mean, channels) if spec.mean is not None
+    mean = (_per_channel(spec.mean, channels, "mean") if spec.mean is not None
             else train_x.mean(axis=(0, 2, 3)).reshape(channels, 1, 1))
-    std = (_per_channel(spec.std, channels) if spec.std is not None
+    std = (_per_channel(spec.std, channels, "std") if spec.std is not None
            else train_x.std(axis=(0, 2, 3)).reshape(channels, 1, 1))
     std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant channel stays 0
     splits = {name: ((x - mean) / std, y) for name, (x, y) in splits.items()}

@@ -211,6 +211,9 @@ def _user_data_corpus(tmp_path) -> list[tuple[str, dict, dict | None, str]]:
     write_npz(tmp_path / "lengths.npz", y_train=y)
     write_npz(tmp_path / "onecls.npz", y_train=np.zeros(60, np.int64), y_val=np.zeros(20),
               y_test=np.zeros(20))
+    write_image_folder(tmp_path / "grey", classes=("a", "b"), counts={"train": 2, "test": 1},
+                       mode="L")
+    write_npz(tmp_path / "huge.npz", y_test=np.full(20, 10**9))
     (tmp_path / "garbage.npz").write_bytes(b"not a zip")
     np.save(tmp_path / "single.npy", x)
     mlp = {"import": "tests.test_userdata:mlp"}
@@ -227,6 +230,9 @@ def _user_data_corpus(tmp_path) -> list[tuple[str, dict, dict | None, str]]:
         ("npz-negative", {"npz": "negative.npz"}, mlp, "found -1"),
         ("npz-lengths", {"npz": "lengths.npz"}, mlp, "x_train has 60 examples but y_train"),
         ("npz-one-class", {"npz": "onecls.npz"}, mlp, "at least 2"),
+        ("npz-huge-label", {"npz": "huge.npz"}, mlp, "not a class index"),
+        ("folder-mean-channels", {"folder": "grey", "mean": [0.1, 0.2, 0.3]}, None,
+         "3 values but the images have 1 channel"),
         ("npz-garbage", {"npz": "garbage.npz"}, mlp, "is not an .npz archive"),
         ("npz-single-array", {"npz": "single.npy"}, mlp, "holds one array (.npy)"),
         ("import-missing", {"import": "no_such_pkg_xyz.data:splits"}, None, "cannot import"),
