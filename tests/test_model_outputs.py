@@ -171,3 +171,18 @@ def test_users_own_weights_load_into_the_wrapper(tmp_path) -> None:
 
 def no_tensor_net(num_classes: int, in_channels: int) -> nn.Module:
     return NoTensorNet(num_classes, in_channels)
+
+
+def test_validate_says_which_part_it_takes(tmp_path, capsys) -> None:
+    import yaml
+
+    from slimtune.cli import main
+    from tests.jobs import tiny_job
+
+    job = {**tiny_job(tmp_path), "model": {"import": f"{HERE}:tuple_net"}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: ") and "2 channel groups" in out
+    assert err.splitlines() == [line for line in err.splitlines() if "takes [0]" in line]
+    assert len(err.splitlines()) == 1

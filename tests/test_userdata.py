@@ -168,3 +168,23 @@ def test_baseline_keys_of_builtin_jobs_unchanged() -> None:
                        "data": {"dataset": "digits", "train_size": 100},
                        "budget": {"latency_fraction": 0.5}})
     assert baseline_key(spec) == "f7a6c98707d728ff"
+
+
+@pytest.mark.slow
+def test_folder_data_and_a_dict_model_end_to_end(tmp_path, capsys) -> None:
+    """A user's image folder and a model returning a dict, through Ray trials, int8
+    ONNX export, ``slimtune export`` and reload."""
+    from slimtune.models import LogitsOf
+    from slimtune.outputs import load_compressed
+
+    write_image_folder(tmp_path / "pics", size=(12, 12), counts={"train": 30, "test": 8})
+    job = {**tiny_job(tmp_path), "data": {"folder": "pics"}, "evaluate": ["per_class"],
+           "model": {"import": "tests.test_model_outputs:dict_net"},
+           "search": {"searcher": "random", "trials": 2, "seed": 0}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "no val split" in err and "takes 'logits'" in err and "Pareto front" in out
+    assert main(["export", str(tmp_path / "out"), "--out", str(tmp_path / "exp")]) == 0
+    model = load_compressed(tmp_path / "exp" / "model.pt")
+    assert isinstance(model, LogitsOf) and model(torch.randn(2, 3, 12, 12)).shape == (2, 3)
