@@ -64,7 +64,7 @@ def train_agent(env: CompressionEnv, spec: AgentSpec, *, seed: int = 0,
     feasible = [(r, w) for r, w in recorder.episodes if r.feasible]
     card = AgentCard(net_arch=tuple(spec.net_arch), trained_on={
         "model": p.spec.model.describe(), "model_signature": p.table.signature(),
-        "dataset": p.spec.data.dataset, "layers": len(p.table.layers),
+        "dataset": p.spec.data.describe(), "layers": len(p.table.layers),
         "baseline_ms": p.baseline_ms, "budget_ms": p.budget_ms,
         "runtime": p.spec.target.runtime, "batch_size": p.spec.target.batch_size,
         "timesteps": int(ppo.num_timesteps), "episodes": len(recorder.episodes),

@@ -67,7 +67,7 @@ def run_policies(base: dict, out: Path, name: str, make_policies, *,
     from slimtune.spaces import SearchSpace
 
     probe = parse_spec({**base, "name": name})
-    model = build_model(probe.model, num_classes=10, in_channels=1)
+    model = build_model(probe.model, num_classes=10, in_channels=1, input_shape=(1, 28, 28))
     table = build_layer_table(model, (1, 28, 28), round_to=8)
     policies = make_policies(table)
     spec = _spec({**base, **(sections or {})}, name, out,

@@ -14,12 +14,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from slimtune.data import Dataset
-from slimtune.models import build_builtin, import_model, load_weights
+from slimtune.models import adapt_output, build_builtin, import_model, load_weights
 from slimtune.spec import JobSpec, ModelSpec
 
 RECIPE_VERSION = 1  # bump when the training code changes what a recipe produces
@@ -29,12 +31,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune"))
 
 
-def build_model(model: ModelSpec, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The architecture named by the spec, with random initial weights."""
+def build_model(model: ModelSpec, *, num_classes: int, in_channels: int,
+                input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The architecture named by the spec, with random initial weights.
+
+    A user's model whose forward returns a dict, tuple or ``ModelOutput`` comes back
+    wrapped in :class:`~slimtune.models.LogitsOf` (decided by one forward on a batch of
+    ``input_shape``, one example's shape), so everything downstream sees logits. Every
+    caller that rebuilds a job's model passes the same ``input_shape``, so the wrapped
+    model and its state dict keys are the same everywhere.
+    """
     if model.arch is not None:
         return build_builtin(model.arch, num_classes, in_channels)
     assert model.import_ is not None
-    return import_model(model.import_, num_classes, in_channels)
+    user_model = import_model(model.import_, num_classes, in_channels)
+    if input_shape is None:
+        return user_model
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    return adapt_output(user_model, example, model.output_key)
 
 
 @dataclass(frozen=True)
@@ -47,19 +61,37 @@ class Baseline:
     train_seconds: float
 
 
-def baseline_key(spec: JobSpec) -> str:
-    """Hash of everything that determines the trained baseline's weights."""
-    recipe = {"model": spec.model.model_dump(by_alias=True, mode="json", exclude={"weights"}),
-              "data": spec.data.model_dump(mode="json"), "baseline": spec.baseline.model_dump(),
+# Spec keys added after baselines were first cached: left out of the key while unset, so
+# the jobs that do not use them keep their cached baselines.
+_LATER_KEYS = {"model": ("output_key",),
+               "data": ("import_", "folder", "npz", "size", "mean", "std", "channels")}
+
+
+def _dump(section: BaseModel, name: str, **kwargs: Any) -> dict[str, Any]:
+    data = section.model_dump(mode="json", **kwargs)
+    return {k: v for k, v in data.items() if v is not None or k not in _LATER_KEYS[name]}
+
+
+def baseline_key(spec: JobSpec, data: Dataset | None = None) -> str:
+    """Hash of everything that determines the trained baseline's weights.
+
+    For a user's data (``data.fingerprint``: a hash of the training split's tensors), a
+    changed file under the same path is a new key, not a stale cached baseline.
+    """
+    recipe = {"model": _dump(spec.model, "model", by_alias=True, exclude={"weights"}),
+              "data": _dump(spec.data, "data"), "baseline": spec.baseline.model_dump(),
               "version": RECIPE_VERSION}
+    if data is not None and data.fingerprint:
+        recipe["data_fingerprint"] = data.fingerprint
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     """Load the user's weights, or the cached baseline, or train one and cache it."""
     in_channels = data.input_shape[0]
-    model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels)
-    key = baseline_key(spec)
+    model = build_model(spec.model, num_classes=data.num_classes, in_channels=in_channels,
+                        input_shape=data.input_shape)
+    key = baseline_key(spec, data)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
         return Baseline(model.eval(), "weights", key, 0.0)

@@ -1,5 +1,9 @@
 """Datasets as in-memory tensors: Fashion-MNIST from local files, sklearn digits, synthetic.
 
+A user's own data (``data: {import|folder|npz: ...}``) is read by :mod:`slimtune.userdata`
+into the same :class:`Dataset`. Every split is held in memory as one tensor for now;
+streaming through DataLoaders (datasets larger than RAM) is a later step of issue 14.
+
 Nothing is downloaded and nothing is cached on disk. Fashion-MNIST comes from the
 Debian package ``dataset-fashion-mnist``; its files are checked against the MD5s of
 the original (decompressed) IDX content, so a corrupt or different file is caught
@@ -76,15 +80,16 @@ class DataError(UserInputError):
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs ``x`` (float32, N x C x H x W, normalized) and labels ``y`` (int64, N)."""
+    """Inputs ``x`` (float32, N x C x H x W for images, N x F for tabular data, as the
+    model takes them) and labels ``y`` (int64, N). In memory; DataLoaders come later."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.float32 or self.x.dim() != 4:
+        if self.x.dtype != torch.float32 or self.x.dim() < 2:
             raise ValueError(
-                f"x must be float32 N x C x H x W, got {self.x.dtype} {self.x.dim()}-D"
+                f"x must be float32 N x ... (at least 2-D), got {self.x.dtype} {self.x.dim()}-D"
             )
         if self.y.dtype != torch.int64 or self.y.shape != (len(self.x),):
             raise ValueError(
@@ -97,15 +102,22 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/val/test splits of one dataset plus what a model needs to know about it."""
+    """Train/val/test splits of one dataset plus what a model needs to know about it.
+
+    ``notes``: lines the user should read (e.g. val carved from train), printed once the
+    inputs are checked. ``fingerprint``: a hash of a user's training data for the baseline
+    cache key (empty for the built-in datasets, whose content is fixed).
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # one example's shape, e.g. (C, H, W)
     class_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    fingerprint: str = ""
 
 
 def _unknown(name: str) -> DataError:

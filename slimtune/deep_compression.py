@@ -489,7 +489,7 @@ def load_trial(model_pt: str | os.PathLike[str]) -> tuple[nn.Module, LayerTable,
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
         raise UserInputError(f"{path}: not a trial's model.pt written by slimtune "
                              f"({type(err).__name__})") from None
-    model = build_model(spec, num_classes=num_classes, in_channels=shape[0])
+    model = build_model(spec, num_classes=num_classes, in_channels=shape[0], input_shape=shape)
     table = build_layer_table(model, shape, round_to=round_to)
     model = compressed_structure(model, table, policy, round_to=round_to)
     model.load_state_dict(state)

@@ -181,7 +181,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
     tracker = Tracker(spec.tracking_uri, spec.experiment, pending=out_dir / PENDING_FILE)
     progress: Progress | None = None
     try:
-        _say(f"baseline {spec.model.describe()} on {spec.data.dataset}: preparing")
+        _say(f"baseline {spec.model.describe()} on {spec.data.describe()}: preparing")
         with machine_lock("shared"):
             baseline = prepare_baseline(spec, prep.data)
         ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.model.state_dict(),

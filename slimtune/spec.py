@@ -42,6 +42,10 @@ class ModelSpec(_Strict):
     arch: str | None = None
     import_: str | None = Field(default=None, alias="import")
     weights: Path | None = None
+    # which part of a forward's non-tensor output (dict, tuple, ModelOutput) holds the
+    # logits: a key or attribute name, or a tuple index; None: ``logits``, else the first
+    # tensor (see slimtune.models.logits)
+    output_key: str | int | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -53,13 +57,69 @@ class ModelSpec(_Strict):
         return self.arch or f"import:{self.import_}"
 
 
-class DataSpec(_Strict):
-    """Which dataset, and how many examples of each split (None: all)."""
+DATA_SOURCES = ("dataset", "import", "folder", "npz")
+FOLDER_OPTIONS = ("size", "mean", "std", "channels")
 
-    dataset: Literal["fashion-mnist", "digits", "synthetic"]
+
+class DataSpec(_Strict):
+    """Where the data comes from, and how many examples of each split (None: all).
+
+    Exactly one source: ``dataset`` (built-in), ``import`` (``"pkg.module:callable"``
+    returning train/val/test ``torch.utils.data.Dataset``s), ``folder`` (an ImageFolder
+    tree: ``DIR/train/<class>/*.png``, ``val/``, ``test/``) or ``npz`` (``x_train``,
+    ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``). ``size``, ``mean``,
+    ``std`` and ``channels`` apply to ``folder`` only. See slimtune.userdata.
+    """
+
+    dataset: Literal["fashion-mnist", "digits", "synthetic"] | None = None
+    import_: str | None = Field(default=None, alias="import")
+    folder: Path | None = None
+    npz: Path | None = None
     train_size: int | None = Field(default=None, gt=0, le=100_000_000)
     val_size: int | None = Field(default=None, gt=0, le=100_000_000)
     test_size: int | None = Field(default=None, gt=0, le=100_000_000)
+    # folder only: resize to size x size (or [height, width]); per-channel (or one) mean and
+    # std after scaling pixels to [0, 1] (default: the train split's); 1 (grey) or 3 (RGB)
+    size: int | tuple[int, int] | None = None
+    mean: float | tuple[float, ...] | None = None
+    std: float | tuple[float, ...] | None = None
+    channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        given = [name for name, value in zip(DATA_SOURCES, self._sources(), strict=True)
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(map(repr, DATA_SOURCES))}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.folder is None:
+            options = [k for k in FOLDER_OPTIONS if getattr(self, k) is not None]
+            if options:
+                raise ValueError(f"{', '.join(options)}: options of 'folder' data only")
+        sizes = (self.size,) if isinstance(self.size, int) else self.size or ()
+        if any(not 1 <= s <= 65_536 for s in sizes):
+            raise ValueError("size must be a number of pixels in [1, 65536] "
+                             "(or [height, width])")
+        stds = (self.std,) if isinstance(self.std, float | int) else self.std or ()
+        if any(not s > 0 for s in stds):
+            raise ValueError("std must be > 0")
+        lengths = {1, self.channels} if self.channels else {1, 3}
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, tuple) and len(value) not in lengths:
+                raise ValueError(f"{key} must be one value or one per channel")
+        return self
+
+    def _sources(self) -> tuple[object, ...]:
+        return (self.dataset, self.import_, self.folder, self.npz)
+
+    def describe(self) -> str:
+        """The source in a few words: ``synthetic``, ``import:pkg.mod:fn``, ``folder:DIR``."""
+        if self.dataset is not None:
+            return self.dataset
+        name, value = next((n, v) for n, v in zip(DATA_SOURCES, self._sources(), strict=True)
+                           if v is not None)
+        return f"{name}:{value}"
 
 
 class BudgetSpec(_Strict):
@@ -465,14 +525,17 @@ def parse_spec(data: Any, *, base_dir: Path | None = None) -> JobSpec:
 
 
 def _resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
-    """Relative ``search.warm_start_from`` and ``agent.init`` resolve against the spec's dir."""
+    """Relative ``search.warm_start_from``, ``agent.init``, ``data.folder`` and ``data.npz``
+    resolve against the spec's dir."""
     def resolved(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else (base_dir / path).resolve()
 
     search = spec.search.model_copy(
         update={"warm_start_from": resolved(spec.search.warm_start_from)})
     agent = spec.agent.model_copy(update={"init": resolved(spec.agent.init)})
-    return spec.model_copy(update={"search": search, "agent": agent})
+    data = spec.data.model_copy(update={"folder": resolved(spec.data.folder),
+                                        "npz": resolved(spec.data.npz)})
+    return spec.model_copy(update={"search": search, "agent": agent, "data": data})
 
 
 def load_spec(path_or_name: str | os.PathLike[str]) -> JobSpec:

@@ -65,7 +65,8 @@ class TrialContext:
 
     def baseline_model(self) -> nn.Module:
         model = build_model(self.spec.model, num_classes=self.data.num_classes,
-                            in_channels=self.data.input_shape[0])
+                            in_channels=self.data.input_shape[0],
+                            input_shape=self.data.input_shape)
         model.load_state_dict(self.baseline_state)
         return model.eval()
 

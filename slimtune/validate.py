@@ -1,18 +1,22 @@
-"""The checks that need no compute: spec, tracking store, dataset, model, weights."""
+"""The checks before compute: spec, tracking store, dataset, model, weights, one forward."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from slimtune.baseline import build_model
-from slimtune.data import Dataset, check_dataset, load_dataset
+from slimtune.data import Dataset
 from slimtune.errors import UserInputError
+from slimtune.imports import one_line
 from slimtune.layers import LayerTable, build_layer_table
-from slimtune.models import load_weights
+from slimtune.models import ModelError, load_weights, output_note
 from slimtune.spec import JobSpec
 from slimtune.tracking import check_tracking_uri
+from slimtune.userdata import load_data
 
 
 @dataclass(frozen=True)
@@ -31,14 +35,12 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         from slimtune.targets import check_local_threads
 
         check_local_threads(spec.target.threads)
-    check_dataset(spec.data.dataset)
-    d = spec.data
-    data = load_dataset(d.dataset, train_size=d.train_size, val_size=d.val_size,
-                        test_size=d.test_size, seed=spec.baseline.seed)
+    data = load_data(spec.data, seed=spec.baseline.seed)
     model = build_model(spec.model, num_classes=data.num_classes,
-                        in_channels=data.input_shape[0])
+                        in_channels=data.input_shape[0], input_shape=data.input_shape)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
+    check_logits(model, data, spec.model.describe())
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
     if not table.groups:
         raise UserInputError(f"model {spec.model.describe()}: no prunable layer found")
@@ -46,7 +48,32 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         from slimtune.hints import hint_layer_names
 
         hint_layer_names(table, spec.finetune.hint_layers)  # HintLayerError: one line
+    for note in (*data.notes, output_note(model)):  # only once every check has passed
+        if note:
+            print(f"slimtune: {note}", file=sys.stderr, flush=True)
     return CheckedInputs(data, model, table)
+
+
+def check_logits(model: nn.Module, data: Dataset, what: str) -> None:
+    """The model maps a batch of the data to N x classes logits, one per class at least."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(data.train.x[:2])
+    except Exception as e:
+        raise ModelError(f"model {what}: its forward failed on a batch of the data "
+                         f"(shape {list(data.train.x[:2].shape)}): {type(e).__name__}: "
+                         f"{one_line(e)}") from e
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelError(f"model {what}: its output on a batch of 2 is {shape}, not "
+                         "N x classes logits")
+    if logits.shape[1] < data.num_classes:
+        raise ModelError(f"model {what} outputs {logits.shape[1]} logits per example but "
+                         f"the data has {data.num_classes} classes (labels 0 .. "
+                         f"{data.num_classes - 1}): build it with num_classes")
 
 
 def validate_job(spec: JobSpec) -> str:
@@ -57,6 +84,7 @@ def validate_job(spec: JobSpec) -> str:
               else f"{spec.budget.latency_fraction:g} x baseline latency")
     return (f"ok: {spec.name}: {spec.model.describe()} ({table.params / 1e3:.1f}k params, "
             f"{table.macs / 1e6:.2f}M MACs, {len(table.groups)} channel groups, "
-            f"{len(table.layers)} layers) on {spec.data.dataset} ({len(data.train)}/"
-            f"{len(data.val)}/{len(data.test)} train/val/test), budget {budget} on "
+            f"{len(table.layers)} layers) on {spec.data.describe()} ({len(data.train)}/"
+            f"{len(data.val)}/{len(data.test)} train/val/test, {data.num_classes} classes, "
+            f"input {'x'.join(map(str, data.input_shape))}), budget {budget} on "
             f"{spec.target.runtime}, {spec.search.trials} trials of {spec.search.searcher}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -185,3 +186,85 @@ def test_confined_paths_and_exposure_warnings(capsys, monkeypatch):
     assert not warn_if_exposed_ray("http://127.0.0.1:8265")
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert not warn_if_exposed_ray("http://10.0.0.5:8265")
+
+
+def _user_data_corpus(tmp_path) -> list[tuple[str, dict, dict | None, str]]:
+    """(id, data section, model section or None for tiny_resnet, expected fragment)."""
+    from PIL import Image
+
+    from tests.datafiles import tabular, write_data_module, write_image_folder, write_npz
+
+    mod = write_data_module(tmp_path, "user_data_bad")
+    write_image_folder(tmp_path / "one", classes=("only",))
+    write_image_folder(tmp_path / "mismatch", counts={"train": 2, "test": 1})
+    (tmp_path / "mismatch" / "test" / "dog").rename(tmp_path / "mismatch" / "test" / "wolf")
+    write_image_folder(tmp_path / "sizes", classes=("a", "b"), counts={"train": 2, "test": 1})
+    Image.new("RGB", (5, 9)).save(tmp_path / "sizes" / "test" / "b" / "odd.png")
+    write_image_folder(tmp_path / "broken", classes=("a", "b"), counts={"train": 2, "test": 1})
+    (tmp_path / "broken" / "train" / "b" / "bad.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    (tmp_path / "flat" / "test").mkdir()
+    x, y = tabular(20)
+    write_npz(tmp_path / "nokeys.npz", x_test=None, y_test=None)
+    write_npz(tmp_path / "range.npz", y_val=np.full(20, 3), class_names=np.array(["a", "b", "c"]))
+    write_npz(tmp_path / "negative.npz", y_test=-np.ones(20, np.int64))
+    write_npz(tmp_path / "lengths.npz", y_train=y)
+    write_npz(tmp_path / "onecls.npz", y_train=np.zeros(60, np.int64), y_val=np.zeros(20),
+              y_test=np.zeros(20))
+    write_image_folder(tmp_path / "grey", classes=("a", "b"), counts={"train": 2, "test": 1},
+                       mode="L")
+    write_npz(tmp_path / "huge.npz", y_test=np.full(20, 10**9))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    np.save(tmp_path / "single.npy", x)
+    mlp = {"import": "tests.test_userdata:mlp"}
+    return [
+        ("folder-missing", {"folder": "nowhere"}, None, "not found"),
+        ("folder-one-class", {"folder": "one"}, None, "one class folder"),
+        ("folder-mismatch", {"folder": "mismatch"}, None, "only in train: dog; only in test: wolf"),
+        ("folder-sizes", {"folder": "sizes"}, None, "set data.size"),
+        ("folder-unreadable", {"folder": "broken"}, None, "bad.png"),
+        ("folder-no-classes", {"folder": "flat"}, None, "no class subfolders"),
+        ("npz-missing", {"npz": "nowhere.npz"}, mlp, "npz file not found"),
+        ("npz-keys", {"npz": "nokeys.npz"}, mlp, "lacks x_test, y_test"),
+        ("npz-range", {"npz": "range.npz"}, mlp, "label 3 is out of range for 3 classes"),
+        ("npz-negative", {"npz": "negative.npz"}, mlp, "found -1"),
+        ("npz-lengths", {"npz": "lengths.npz"}, mlp, "x_train has 60 examples but y_train"),
+        ("npz-one-class", {"npz": "onecls.npz"}, mlp, "at least 2"),
+        ("npz-huge-label", {"npz": "huge.npz"}, mlp, "not a class index"),
+        ("folder-mean-channels", {"folder": "grey", "mean": [0.1, 0.2, 0.3]}, None,
+         "3 values but the images have 1 channel"),
+        ("npz-garbage", {"npz": "garbage.npz"}, mlp, "is not an .npz archive"),
+        ("npz-single-array", {"npz": "single.npy"}, mlp, "holds one array (.npy)"),
+        ("import-missing", {"import": "no_such_pkg_xyz.data:splits"}, None, "cannot import"),
+        ("import-no-attr", {"import": f"{mod}:nothing"}, None, "has no attribute 'nothing'"),
+        ("import-wrong-type", {"import": f"{mod}:wrong"}, None, "returned a int"),
+        ("import-raises", {"import": f"{mod}:raises"}, None, "disk on fire"),
+        ("import-bad-items", {"import": f"{mod}:bad_items"}, None, "(input, label) pair"),
+        ("import-float-labels", {"import": f"{mod}:float_labels"}, mlp, "integer class index"),
+        ("two-sources", {"dataset": "synthetic", "npz": "t.npz"}, None, "exactly one of"),
+        ("model-too-few-logits", {"npz": write_npz(tmp_path / "ok.npz").name},
+         {"import": "tests.test_userdata:two_logits"},
+         "outputs 2 logits per example but the data has 3"),
+        ("model-no-tensor", {"dataset": "synthetic"},
+         {"import": "tests.test_model_outputs:no_tensor_net"}, "no tensor in it"),
+        ("output-key-missing", {"dataset": "synthetic"},
+         {"import": "tests.test_model_outputs:dict_net", "output_key": "scores"},
+         "no such part"),
+    ]
+
+
+def test_bad_user_data_and_models_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    corpus = _user_data_corpus(tmp_path)
+    for name, data, model, expected in corpus:
+        job = {**tiny_job(tmp_path), "data": data,
+               "model": model or {"arch": "tiny_resnet"}}
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump(job))
+        for command in (["validate", str(spec)], ["run", str(spec), "--out",
+                                                  str(tmp_path / "out")]):
+            code = main(command)
+            try:
+                _check_refused(capsys, tmp_path, code, expected)
+            except AssertionError as e:
+                raise AssertionError(f"{name}: {e}") from None

@@ -7,7 +7,6 @@ before any compute starts.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -17,7 +16,9 @@ import torch
 from torch import nn
 
 from slimtune.errors import UserInputError
+from slimtune.imports import import_object, one_line
 from slimtune.models.lenet import lenet5, lenet300
+from slimtune.models.logits import LogitsOf, adapt_output, output_note
 from slimtune.models.mobilenet import mobilenetv2_small
 from slimtune.models.resnet import resnet20, resnet32, resnet56
 from slimtune.models.testnets import tiny_concat, tiny_resnet
@@ -35,6 +36,9 @@ BUILTIN_ARCHS: dict[str, Callable[..., nn.Module]] = {
     "tiny_concat": tiny_concat,
 }
 
+__all__ = ["BUILTIN_ARCHS", "LogitsOf", "ModelError", "adapt_output", "build_builtin",
+           "import_model", "load_weights", "output_note"]
+
 _BUILD_KWARGS = ("num_classes", "in_channels")
 # How torch.load(weights_only=True) names a class it refused to unpickle.
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
@@ -42,10 +46,6 @@ _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 class ModelError(UserInputError):
     """The model cannot be built or its weights cannot be loaded; the message is one line."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def build_builtin(arch: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -77,39 +77,13 @@ def import_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
     The callable gets ``num_classes``/``in_channels`` as keywords when its signature
     takes them, and no arguments otherwise; it must return an ``nn.Module``.
     """
-    module_name, sep, attr_path = target.partition(":")
-    names = attr_path.split(".")
-    if (
-        not sep
-        or ":" in attr_path
-        or not all(part.isidentifier() for part in module_name.split("."))
-        or not all(name.isidentifier() for name in names)
-    ):
-        raise ModelError(f"model target {target!r} is not of the form 'package.module:callable'")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        hint = " (is its folder on PYTHONPATH?)" if e.name == module_name.split(".")[0] else ""
-        raise ModelError(
-            f"cannot import module {module_name!r} for model {target!r}: {_one_line(e)}{hint}"
-        ) from e
-    except Exception as e:
-        raise ModelError(
-            f"cannot import module {module_name!r} for model {target!r}: "
-            f"{type(e).__name__}: {_one_line(e)}"
-        ) from e
-    for name in names:
-        if not hasattr(obj, name):
-            raise ModelError(f"module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, name)
-    if not callable(obj):
-        raise ModelError(f"{target!r} is not callable")
+    obj = import_object(target, what="model", error=ModelError)
     accepted = _accepted_kwargs(obj)
     kwargs = {"num_classes": num_classes, "in_channels": in_channels}
     try:
         model = obj(**{k: v for k, v in kwargs.items() if k in accepted})
     except Exception as e:
-        raise ModelError(f"calling {target!r} failed: {type(e).__name__}: {_one_line(e)}") from e
+        raise ModelError(f"calling {target!r} failed: {type(e).__name__}: {one_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{target!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -168,10 +142,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"({type(e).__name__})"
         ) from e
     state = _state_dict_of(loaded, path)
+    if isinstance(model, LogitsOf) and set(state) != set(model.state_dict()):
+        model = model.model  # the user's own weights, saved from the model unwrapped
     problems = _fit_problems(state, model)
     if problems:
         raise ModelError(f"weights do not fit model: {'; '.join(problems)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelError(f"weights do not fit model: {_one_line(e)}") from e
+        raise ModelError(f"weights do not fit model: {one_line(e)}") from e
