@@ -15,7 +15,7 @@ def tiny_job(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "data": {"dataset": "synthetic"},
         "budget": {"latency_ms": 100.0},
         "target": {"runtime": "onnxruntime", "threads": 1, "batch_size": 1},
-        "search": {"searcher": "random", "trials": 3, "seed": 0},
+        "search": {"searcher": "random", "trials": 3, "seed": 0, "evaluator": "finetune"},
         "space": {"prune_ratios": [0.0, 0.25, 0.5], "bits": [32, 8], "round_to": 1},
         "baseline": {"epochs": 4, "batch_size": 64},
         "finetune": {"steps": 5, "batch_size": 32, "calibration_size": 16},

@@ -180,7 +180,7 @@ def test_folder_data_and_a_dict_model_end_to_end(tmp_path, capsys) -> None:
     write_image_folder(tmp_path / "pics", size=(12, 12), counts={"train": 30, "test": 8})
     job = {**tiny_job(tmp_path), "data": {"folder": "pics"}, "evaluate": ["per_class"],
            "model": {"import": "tests.test_model_outputs:dict_net"},
-           "search": {"searcher": "random", "trials": 2, "seed": 0}}
+           "search": {"searcher": "random", "trials": 2, "seed": 0, "evaluator": "finetune"}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     assert main(["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "out")]) == 0
     out, err = capsys.readouterr()

@@ -1,0 +1,161 @@
+"""The scoring search: evaluator, screen, paired latency, measurement and final stages."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+from slimtune.latency import LatencyStats, MeasureProtocol
+from slimtune.paired import paired_ratio
+from slimtune.pipeline import measure as measure_stage
+from slimtune.pipeline.measure import Budget, measure_candidates, measurement_order
+from slimtune.pipeline.score import LocalPool, score_candidates
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+from slimtune.screening import Screen
+from slimtune.search.random_search import RandomSearcher
+from slimtune.spaces import SearchSpace
+from tests.jobs import tiny_trial_context
+
+
+def _space(ctx) -> SearchSpace:
+    return SearchSpace.from_table(ctx.table, (0.0, 0.25, 0.5), (32, 8), round_to=1)
+
+
+def _evaluator(ctx) -> BNRecalEvaluator:
+    return BNRecalEvaluator(ctx.baseline_model(), ctx.table, ctx.data.train, ctx.data.val,
+                            settings=ScoreSettings(recal_batches=2, batch_size=32,
+                                                   val_size=64), threads=1)
+
+
+def test_bn_recal_scores_the_really_pruned_model_deterministically(tmp_path):
+    ctx = tiny_trial_context(tmp_path)
+    space = _space(ctx)
+    ev = _evaluator(ctx)
+    policy = space.uniform(0.5, 32)
+    first = ev.score(policy)
+    assert 0.0 <= first <= 1.0
+    assert ev.score(policy) == first and len(ev._memo) == 1  # memoised
+    fresh = _evaluator(ctx)
+    assert fresh.score(policy) == first  # deterministic: same batches, same subset
+    model = ev.model(policy)
+    full = sum(p.numel() for p in ctx.baseline_model().parameters())
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * full  # channels removed
+    assert not model.training
+
+
+def test_screen_learns_its_margin_from_measurements():
+    screen = Screen(lambda p: 10.0, budget_ms=11.0)
+    p = Policy()
+    assert screen.admits(p) and screen.correction() == 1.0
+    for _ in range(4):
+        screen.record(p, 12.0)  # measured 20% slower than predicted
+    assert screen.correction() == pytest.approx(1.2)
+    assert screen.predicted_ms(p) == pytest.approx(12.0)
+    assert not screen.admits(p)
+
+
+def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_path,
+                                                                            monkeypatch):
+    ctx = tiny_trial_context(tmp_path)
+    space = _space(ctx)
+    ev = _evaluator(ctx)
+    # predicted latency: the fraction of channels kept; budget admits only mild pruning
+    def predict(policy: Policy) -> float:
+        return 1.0 - sum(policy.prune.values()) / max(len(space.ratios), 1)
+
+    screen = Screen(predict, budget_ms=0.85)
+    scored_policies: list[str] = []
+    pool = LocalPool(ev)
+    real_score = pool.score
+
+    def spy(policies):
+        scored_policies.extend(p.key() for p in policies)
+        return real_score(policies)
+
+    pool.score = spy  # type: ignore[method-assign]
+    rows = score_candidates(RandomSearcher(space, seed=0, trials=24), pool, screen,
+                            count=24, first_id=0, batch=5, on_row=lambda r: None)
+    assert len(rows) == 24 and [r.trial_id for r in rows] == list(range(24))
+    out = [r for r in rows if r.state == "infeasible"]
+    assert out and all(r.score is None and r.predicted_latency_ms > 0.85 for r in out)
+    assert not {r.policy.key() for r in out} & set(scored_policies)
+
+    measured_keys: list[str] = []
+
+    def fake_measure(ctx_, row, baseline, budget):
+        measured_keys.append(row.policy.key())
+        return replace(row, stage="measured", state="ok", latency_ms=0.5, latency_ratio=0.5)
+
+    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
+    budget = Budget(ms=0.85, fraction=None, baseline_ms=1.0)
+    measured = measure_candidates(ctx, rows, screen, count=100, baseline=None, budget=budget,
+                                  on_row=lambda r: None)
+    assert measured and all(predict(space.policy_from_params(
+        space.params_from_policy(r.policy))) <= 0.85 for r in measured)
+    assert not {r.policy.key() for r in out} & set(measured_keys)
+
+
+def test_measurement_order_times_the_score_front_first():
+    def row(i, score, ms):
+        return TrialResult(trial_id=i, policy=Policy(prune={"a": i / 10}), state="ok",
+                           stage="scored", score=score, predicted_latency_ms=ms)
+
+    rows = [row(0, 0.5, 5.0), row(1, 0.9, 9.0), row(2, 0.4, 9.5), row(3, 0.7, 4.0)]
+    order = [r.trial_id for r in measurement_order(rows)]
+    assert order[:2] == [1, 3]  # the non-dominated pair, best score first
+    assert order[-1] == 2  # dominated by both of them
+
+
+def _stats(medians: list[float]) -> LatencyStats:
+    return LatencyStats(median_ms=sorted(medians)[len(medians) // 2], p10_ms=0, p90_ms=0,
+                        mean_ms=0, cv=0, samples=len(medians), rounds=len(medians),
+                        runtime="x", threads=1, batch_size=1,
+                        round_medians_ms=tuple(medians))
+
+
+def test_paired_ratio_ignores_a_burst_that_slows_both():
+    load = [1.0, 1.0, 3.0, 3.0, 1.0, 2.5, 1.0]  # a burst in rounds 2, 3 and 5
+    cand = _stats([4.0 * f for f in load])
+    base = _stats([10.0 * f for f in load])
+    assert paired_ratio(cand, base) == pytest.approx(0.4)
+    # an unpaired ratio of medians would be off by the burst in either model's rounds
+    burst_only_on_candidate = _stats([4.0 * f for f in [3.0, 3.0, 3.0, 1.0, 3.0, 1.0, 1.0]])
+    assert burst_only_on_candidate.median_ms / base.median_ms != pytest.approx(0.4)
+
+
+def test_paired_measurement_under_synthetic_load(tmp_path, monkeypatch):
+    """Two real timed runners on a runtime whose load doubles in some rounds: the
+    interleaved pair's ratio stays near the true 0.5."""
+    from slimtune import latency
+    from slimtune.paired import measure_paired
+    from slimtune.spec import TargetSpec
+
+    calls = {"n": 0}
+
+    class Loaded(latency.Runtime):
+        name = "loaded"
+
+        def prepare(self, model, input_shape, batch_size, threads):
+            cost = float(model)
+
+            def run_once() -> None:
+                calls["n"] += 1
+                slow = 2.0 if (calls["n"] // 40) % 3 == 1 else 1.0  # bursts of load
+                end = time.perf_counter() + cost * slow / 1000
+                while time.perf_counter() < end:
+                    pass
+
+            return run_once
+
+    monkeypatch.setitem(latency.RUNTIMES, "loaded", Loaded)
+    target = TargetSpec.model_construct(name="local", runtime="loaded", threads=1,
+                                        batch_size=1)
+    proto = MeasureProtocol(warmup=1, rounds=7, repeats=20)
+    paired = measure_paired(torch.tensor(1.0), torch.tensor(2.0), target, (1,),
+                            protocol=proto)
+    assert paired.ratio == pytest.approx(0.5, rel=0.15)

@@ -1,0 +1,68 @@
+"""A whole scoring job: scored, measured and final rows, MLflow runs, the best model."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from slimtune.cli import main
+from tests.jobs import write_job
+
+SCORING = {"search": {"searcher": "tpe", "evaluator": "bn_recal", "candidates": 10,
+                      "trials": 3, "seed": 0},
+           "scoring": {"val_size": 64, "recal_batches": 2, "batch_size": 32},
+           "finalize": {"top_k": 1, "epochs": 0.05, "batch_size": 32},
+           "budget": {"latency_fraction": 0.85}, "evaluate": [],
+           "target": {"batch_size": 32}}
+
+
+@pytest.mark.slow
+def test_scoring_job_end_to_end(tmp_path, capsys):
+    job = write_job(tmp_path, **SCORING)
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids))  # one row per candidate: its furthest stage
+    stages = {r["stage"] for r in rows}
+    assert "scored" in stages and "final" in stages
+    for r in rows:
+        if r["stage"] == "scored":
+            assert r["accuracy"] is None and r["predicted_latency_ms"] > 0
+        if r["stage"] in ("measured", "final"):
+            assert r["latency_ratio"] > 0 and r["latency_ms"] > 0
+        if r["stage"] == "final":
+            assert r["accuracy"] is not None and r["finetune_steps"] >= 1
+    refs = {r["reference"] for r in rows if r["reference"]}
+    assert "int8" in refs
+    pareto = json.loads((out / "pareto.json").read_text())
+    best = next(r for r in rows if r["trial_id"] == pareto["best_trial"])
+    assert best["stage"] == "final" and best["feasible"]
+    assert (out / "best" / "model.onnx").is_file() and (out / "candidates.jsonl").is_file()
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("slimtune.kind") == "trial"]
+    timed = [r for r in rows if r["stage"] != "scored"]
+    assert len(children) == len(timed)  # every measured and final candidate is a run
+    assert all(r.info.status == "FINISHED" for r in runs)
+    parent = next(r for r in runs if r.info.run_id == pareto["mlflow_parent_run_id"])
+    assert parent.data.metrics["candidates_scored"] >= 1
+    text = capsys.readouterr().out
+    assert "candidates scored" in text and "int8 only" in text
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"search": {"evaluator": "oneshot"}}, "search.evaluator"),
+    ({"finalize": {"top_k": 0}}, "finalize.top_k"),
+    ({"finalize": {"epochs": -1}}, "finalize.epochs"),
+])
+def test_bad_scoring_settings_are_refused_before_compute(tmp_path, capsys, section, message):
+    job = write_job(tmp_path, **section)
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
