@@ -1,11 +1,18 @@
-"""Searchers compared at an equal number of real evaluations.
+"""The scoring search against what a user would do by hand, and its evaluator's fidelity.
 
-Runs the quickstart setup (ResNet-20, Fashion-MNIST subset, ONNX Runtime batch 64,
-2 threads) with a budget of 50% of the baseline's measured latency, once per searcher
-and seed, and reports the best feasible validation accuracy (and its test accuracy),
-the normalised hypervolume, the feasible-trial count, and the orchestration overhead
-(search wall time vs the sum of the trials' own time). All seeds share one cached
-baseline and one data split (``baseline.seed``).
+``compare``: quickstart-style jobs (ResNet-20 or another built-in, Fashion-MNIST subset,
+ONNX Runtime batch 64, 2 threads) at each budget fraction, searcher, evaluator and seed.
+Every job finalizes its own references in the same run, by the same fine-tune recipe,
+timed by the same paired protocol: (a) int8 only, (b) uniform pruning at the mildest
+ratio meeting the budget (fp32 or int8, whichever is faster), besides (e) the search's
+own best. ``--evaluators finetune`` adds (d), today's per-trial fine-tune search.
+
+``fidelity``: Spearman rank correlation between each evaluator's score and the
+validation accuracy after the final fine-tune recipe, over random policies the latency
+screen predicts feasible.
+
+    python benchmarks/search_quality.py compare --fractions 0.5 0.3 --seeds 0
+    python benchmarks/search_quality.py fidelity --policies 20
 """
 
 from __future__ import annotations
@@ -14,64 +21,145 @@ import argparse
 import contextlib
 import io
 import json
-import statistics
+import time
 from pathlib import Path
+
+from scipy.stats import spearmanr
 
 from slimtune.job import run_job
 from slimtune.spec import load_spec, parse_spec
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--searchers", nargs="+", default=["tpe", "nsga2", "random", "uniform"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--fraction", type=float, default=0.5)
-    ap.add_argument("--warm-start", default="uniform", choices=["none", "uniform"])
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
-    args = ap.parse_args()
-
-    base = load_spec("quickstart")
-    data = base.model_dump(by_alias=True, mode="json", exclude_none=True)
-    data["budget"] = {"latency_fraction": args.fraction}
+def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
+         seed: int) -> dict:
+    data = load_spec("quickstart").model_dump(by_alias=True, mode="json", exclude_none=True)
+    data["name"] = name
+    data["model"] = {"arch": args.arch}
+    data["budget"] = {"latency_fraction": fraction}
+    data["search"].update(searcher=searcher, evaluator=evaluator, seed=seed,
+                          candidates=args.candidates)
+    if evaluator == "finetune":
+        data["search"].update(trials=args.finetune_trials, warm_start="uniform")
     data["tracking"] = {"uri": f"sqlite:///{(args.out / 'mlruns.db').resolve()}",
                         "experiment": "search-quality"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for seed in args.seeds:
-        for name in args.searchers:
-            data["search"] = {"searcher": name, "trials": args.trials, "seed": seed,
-                              "warm_start": args.warm_start}
-            data["name"] = f"bench-{name}-s{seed}"
-            spec = parse_spec(data)
-            with contextlib.redirect_stdout(io.StringIO()):
-                outcome = run_job(spec, args.out / data["name"], overwrite=True)
-            best = outcome.best
-            row = {"searcher": name, "seed": seed, "trials": len(outcome.results),
-                   "feasible": sum(r.feasible for r in outcome.results),
-                   "best_val": best.accuracy if best else None,
-                   "best_test": best.test_accuracy if best else None,
-                   "best_latency_ms": best.latency_ms if best else None,
-                   "budget_ms": outcome.budget_ms, "hypervolume": outcome.hypervolume,
-                   "baseline_val": outcome.baseline["accuracy"],
-                   "search_seconds": outcome.search_seconds,
-                   "trial_seconds": outcome.trial_seconds}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    return data
 
-    print(f"\n{'searcher':<9}{'best val (mean ± sd)':>24}{'best test':>11}{'HV':>8}"
-          f"{'feasible':>10}{'overhead':>10}")
-    for name in args.searchers:
-        mine = [r for r in rows if r["searcher"] == name]
-        vals = [r["best_val"] or 0.0 for r in mine]
-        tests = [r["best_test"] or 0.0 for r in mine]
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        overhead = statistics.mean(r["search_seconds"] / r["trial_seconds"] - 1 for r in mine)
-        print(f"{name:<9}{statistics.mean(vals):>16.4f} ± {sd:.4f}"
-              f"{statistics.mean(tests):>11.4f}"
-              f"{statistics.mean(r['hypervolume'] for r in mine):>8.4f}"
-              f"{statistics.mean(r['feasible'] for r in mine):>10.1f}{overhead:>9.1%}")
+
+def compare(args) -> None:
+    rows = []
+    for fraction in args.fractions:
+        for seed in args.seeds:
+            for evaluator in args.evaluators:
+                for searcher in args.searchers:
+                    name = f"{args.arch}-{evaluator}-{searcher}-f{fraction}-s{seed}"
+                    spec = parse_spec(_job(args, name=name, fraction=fraction,
+                                           searcher=searcher, evaluator=evaluator, seed=seed))
+                    start = time.perf_counter()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        outcome = run_job(spec, args.out / name, overwrite=True)
+                    wall = time.perf_counter() - start
+                    row = _summarise(outcome, name=name, fraction=fraction, seed=seed,
+                                     searcher=searcher, evaluator=evaluator, wall=wall)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n{'job':<44}{'search val/test':>17}{'int8 val/test':>16}"
+          f"{'uniform val/test':>19}{'wall s':>8}")
+    def pair(v: dict | None) -> str:
+        return f"{v['val']:.4f}/{v['test']:.4f}" if v else "-"
+
+    for r in rows:
+        print(f"{r['job']:<44}{pair(r['search']):>17}{pair(r['int8']):>16}"
+              f"{pair(r['uniform']):>19}{r['wall_seconds']:>8.0f}")
+
+
+def _summarise(outcome, **fields) -> dict:
+    def final(rows):
+        ok = [r for r in rows if r.feasible and r.has_model]
+        if not ok:
+            return None
+        b = max(ok, key=lambda r: (r.accuracy, -(r.latency_ms or 0)))
+        return {"trial": b.trial_id, "val": b.accuracy, "test": b.test_accuracy,
+                "latency_ratio": b.latency_ratio, "latency_ms": b.latency_ms,
+                "finetune_steps": b.finetune_steps}
+
+    res = outcome.results
+    measured = [r for r in res if r.stage != "scored" and not r.reference]
+    return {"job": fields.pop("name"), **fields,
+            "baseline_val": outcome.baseline["accuracy"],
+            "baseline_test": outcome.baseline["test_accuracy"],
+            "search": final([r for r in res if not r.reference]),
+            "int8": final([r for r in res if r.reference == "int8"]),
+            "uniform": final([r for r in res if r.reference == "uniform"]),
+            "measured": len(measured),
+            "measured_within_budget": sum(r.feasible for r in measured),
+            "wall_seconds": fields.pop("wall")}
+
+
+def fidelity(args) -> None:
+    import torch
+
+    from slimtune.baseline import prepare_baseline
+    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+    from slimtune.finetune import finetune
+    from slimtune.job import preflight
+    from slimtune.pipeline.finalize import final_recipe
+    from slimtune.pipeline.job import build_screen
+    from slimtune.predictor import random_policies
+    from slimtune.train import accuracy, predict
+    from slimtune.trial import TrialContext
+
+    data = _job(args, name="fidelity", fraction=args.fractions[0], searcher="random",
+                evaluator="bn_recal", seed=0)
+    spec = parse_spec(data)
+    prep = preflight(spec)
+    baseline = prepare_baseline(spec, prep.data).model
+    torch.set_num_threads(spec.target.threads)
+    ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.state_dict(),
+                       data=prep.data, budget_ms=prep.baseline_ms * args.fractions[0],
+                       trials_dir=args.out / "fidelity")
+    screen = build_screen(ctx, baseline, ctx.budget_ms, print)
+    pool = [p for p in random_policies(prep.space, args.policies * 20, seed=7)
+            if screen.admits(p)][:args.policies]
+    ev = BNRecalEvaluator(baseline, prep.table, prep.data.train, prep.data.val,
+                          round_to=spec.space.round_to, settings=ScoreSettings(
+                              recal_batches=spec.scoring.recal_batches,
+                              batch_size=spec.scoring.batch_size,
+                              val_size=spec.scoring.val_size), threads=spec.target.threads)
+    recipe = final_recipe(spec, len(prep.data.train))
+    rows = []
+    for i, policy in enumerate(pool):
+        t0 = time.perf_counter()
+        score = ev.score(policy)
+        model = ev.model(policy)
+        finetune(model, baseline, prep.table, policy, recipe, prep.data.train, seed=i)
+        val = accuracy(predict(model, prep.data.val.x), prep.data.val.y)
+        rows.append({"policy": i, "bn_recal": score, "final_val": val,
+                     "seconds": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    rho = spearmanr([r["bn_recal"] for r in rows], [r["final_val"] for r in rows]).statistic
+    result = {"policies": len(rows), "fraction": args.fractions[0],
+              "finalize_steps": recipe.finetune.steps, "spearman": {"bn_recal": rho},
+              "rows": rows}
+    (args.out / "fidelity.json").write_text(json.dumps(result, indent=2))
+    print(f"Spearman(bn_recal score, final val) over {len(rows)} policies: {rho:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["compare", "fidelity"])
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--searchers", nargs="+", default=["tpe"])
+    ap.add_argument("--evaluators", nargs="+", default=["bn_recal"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5])
+    ap.add_argument("--candidates", type=int, default=160)
+    ap.add_argument("--finetune-trials", type=int, default=16)
+    ap.add_argument("--policies", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (compare if args.mode == "compare" else fidelity)(args)
 
 
 if __name__ == "__main__":
