@@ -33,7 +33,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from slimtune.compress import PolicyError, group_kept, prune_structure
+from slimtune.compress import (
+    PolicyError,
+    fake_quantize,
+    fake_quantized_layers,
+    group_kept,
+    prune_structure,
+)
 from slimtune.layers import ChannelGroup, LayerTable, dependency_graph, eval_mode, example_input
 from slimtune.policy import Policy
 
@@ -150,6 +156,48 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     return x * mask.view(shape)
 
 
+class _InMask:
+    """Forward pre-hook: zero a consumer's removed input channels.
+
+    Hooks are small picklable objects sharing the supernet's mask dict (not closures), so
+    a deep copy or a pickled supernet (a Ray task) keeps masks and hooks together."""
+
+    def __init__(self, masks: dict[tuple[str, str], torch.Tensor], name: str, dim: int) -> None:
+        self.masks, self.name, self.dim = masks, name, dim
+
+    def __call__(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        mask = self.masks.get((self.name, "in"))
+        return None if mask is None else (_apply(inputs[0], mask, self.dim), *inputs[1:])
+
+
+class _OutMask(_InMask):
+    """Forward hook: zero a module's removed output channels."""
+
+    def __call__(self, _module: nn.Module, _inputs: tuple[torch.Tensor, ...],
+                 output: torch.Tensor):
+        mask = self.masks.get((self.name, "out"))
+        return None if mask is None else _apply(output, mask, self.dim)
+
+
+class _LayerNormMask(_InMask):
+    """Forward hook: a LayerNorm recomputed over the kept channels only (as pruned)."""
+
+    def __init__(self, masks: dict[tuple[str, str], torch.Tensor], name: str) -> None:
+        super().__init__(masks, name, -1)
+
+    def __call__(self, norm: nn.Module, inputs: tuple[torch.Tensor, ...],
+                 output: torch.Tensor):
+        mask = self.masks.get((self.name, "out"))
+        if mask is None:
+            return None
+        keep = mask.nonzero().flatten()
+        weight = norm.weight[keep] if norm.weight is not None else None
+        bias = norm.bias[keep] if norm.bias is not None else None
+        kept = nn.functional.layer_norm(inputs[0].index_select(-1, keep), (len(keep),),
+                                        weight, bias, norm.eps)
+        return output.new_zeros(output.shape).index_copy(-1, keep, kept)
+
+
 class MaskedSupernet(nn.Module):
     """The full model, with each group's channels past its kept prefix zeroed.
 
@@ -230,7 +278,8 @@ class MaskedSupernet(nn.Module):
                     masks[where] = torch.ones(self._width[where])
                 masks[where][site.index[removed[site.root]]] = 0.0
         device = _device(self.model)
-        self._masks = {k: v.to(device) for k, v in masks.items()}
+        self._masks.clear()  # in place: the hooks hold this dict
+        self._masks.update((k, v.to(device)) for k, v in masks.items())
         self._kept = new
         return self
 
@@ -247,43 +296,45 @@ class MaskedSupernet(nn.Module):
         for name, side in sorted(self._width):
             m = modules[name]
             if side == "in":
-                self._handles.append(m.register_forward_pre_hook(self._in_hook(name)))
+                hook = m.register_forward_pre_hook(_InMask(self._masks, name, _channel_dim(m)))
             elif isinstance(m, nn.LayerNorm):
-                self._handles.append(m.register_forward_hook(self._layer_norm_hook(name, m)))
+                if len(m.normalized_shape) != 1:
+                    raise PolicyError(f"supernet masks a LayerNorm over one dim only: {name!r}")
+                hook = m.register_forward_hook(_LayerNormMask(self._masks, name))
             else:
-                self._handles.append(m.register_forward_hook(self._out_hook(name, m)))
+                hook = m.register_forward_hook(_OutMask(self._masks, name, _channel_dim(m)))
+            self._handles.append(hook)
 
-    def _in_hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
-            mask = self._masks.get((name, "in"))
-            if mask is None:
-                return None
-            return (_apply(inputs[0], mask, _channel_dim(module)), *inputs[1:])
-        return hook
+    @contextmanager
+    def quantized(self, policy: Policy) -> Iterator[MaskedSupernet]:
+        """A block in which each layer ``quantize_weights(..., include_8bit=True)`` rounds
+        has its weight fake-quantized as the extracted layer's would be (per output
+        channel, the scale taken over the kept input channels only); restored after."""
+        modules = dict(self.model.named_modules())
+        saved = []
+        with torch.no_grad():
+            for name, bits in fake_quantized_layers(policy, include_8bit=True).items():
+                layer = modules[name]
+                weight = layer.weight
+                saved.append((weight, weight.detach().clone()))
+                weight.copy_(fake_quantize(weight * self._column_mask(name, layer), bits))
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for weight, original in saved:
+                    weight.copy_(original)
 
-    def _out_hook(self, name: str, module: nn.Module):
-        dim = _channel_dim(module)
-
-        def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-            mask = self._masks.get((name, "out"))
-            return None if mask is None else _apply(output, mask, dim)
-        return hook
-
-    def _layer_norm_hook(self, name: str, norm: nn.LayerNorm):
-        if len(norm.normalized_shape) != 1:
-            raise PolicyError(f"supernet masks a LayerNorm over one dim only: {name!r}")
-
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-            mask = self._masks.get((name, "out"))
-            if mask is None:
-                return None
-            keep = mask.nonzero().flatten()
-            weight = norm.weight[keep] if norm.weight is not None else None
-            bias = norm.bias[keep] if norm.bias is not None else None
-            kept = nn.functional.layer_norm(inputs[0].index_select(-1, keep), (len(keep),),
-                                            weight, bias, norm.eps)
-            return output.new_zeros(output.shape).index_copy(-1, keep, kept)
-        return hook
+    def _column_mask(self, name: str, layer: nn.Module) -> torch.Tensor | float:
+        """The layer's kept input channels, shaped to multiply its weight (1: all)."""
+        mask = self._masks.get((name, "in"))
+        if mask is None:
+            return 1.0
+        if isinstance(layer, nn.Linear):
+            return mask.view(1, -1)
+        if layer.groups > 1:  # grouped conv: every conv group keeps the same positions
+            mask = mask.view(layer.groups, -1)[0]
+        return mask.view(1, -1, 1, 1)
 
     @contextmanager
     def detached(self) -> Iterator[nn.Module]:
