@@ -64,6 +64,9 @@ def test_sandwich_step_trains_largest_smallest_and_random(data) -> None:
     supernet = fresh(model, table)
     seen: list[dict[str, int]] = []
     supernet.register_forward_hook(lambda *_: seen.append(supernet.kept))
+    levels: list[int] = []  # distinct weight values of one output channel, per forward
+    supernet.model.layer2.conv2.register_forward_pre_hook(  # 16 x 3 x 3 weights a row
+        lambda m, _x: levels.append(len(torch.unique(m.weight[0]))))
     before = copy.deepcopy(supernet.model.state_dict())
     train_supernet(supernet, space, data.train, SandwichRecipe(steps=1, n_random=2),
                    key="k", teacher=model)
@@ -72,6 +75,7 @@ def test_sandwich_step_trains_largest_smallest_and_random(data) -> None:
     assert seen[0] == full
     assert seen[1] == supernet.kept_of(smallest_policy(space)) != full
     assert all(len(s) == len(full) for s in seen[2:])
+    assert levels[0] > 100 and levels[1] <= 15  # the largest in float, the smallest at 4 bits
     after = supernet.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert supernet.kept == full and not supernet.training  # left at the largest, eval

@@ -6,6 +6,13 @@ smallest, and ``n_random`` sub-networks drawn from the space's choices (in-place
 distillation: KL to the largest's detached logits) each run forward and backward on the
 same batch; their gradients add up and one SGD step (momentum, cosine schedule) follows.
 
+With ``quantize`` (default) and bit-widths in the space, the random sub-networks also
+draw one bit-width per layer from its choices and the smallest takes the lowest of each;
+a layer below 32 bits (8 included) then runs fake-quantized, straight-through: the
+forward and backward see the rounded weights (per output channel, scale over the kept
+input channels, as the extracted model is rounded), the gradient updates the float ones.
+The largest stays in float: it is the teacher of the others.
+
 Everything a step draws is a function of (seed, step): the batch (an epoch's seeded
 permutation) and the random sub-networks. So a checkpoint (weights, optimizer state,
 step; every ``checkpoint_every`` steps, atomic) is all a resumed run needs to continue
@@ -51,6 +58,7 @@ class SandwichRecipe:
     temperature: float = 4.0
     alpha: float = 0.5
     inplace_temperature: float = 1.0
+    quantize: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.n_random < 0 or not self.lr > 0:
@@ -61,26 +69,36 @@ class SandwichRecipe:
 
 
 def largest_policy(space: SearchSpace) -> Policy:
-    """Every group at its smallest prune ratio (the full model when 0 is a choice)."""
-    return space.policy_from_params({f"prune.{g}": min(rs) for g, rs in space.ratios.items()})
+    """Every group at its smallest prune ratio (the full model when 0 is a choice), every
+    layer at its highest bit-width."""
+    return space.policy_from_params({**{f"prune.{g}": min(rs) for g, rs in space.ratios.items()},
+                                     **{f"bits.{n}": max(bs) for n, bs in space.bits.items()}})
 
 
-def smallest_policy(space: SearchSpace) -> Policy:
-    """Every group at its largest prune ratio."""
-    return space.policy_from_params({f"prune.{g}": max(rs) for g, rs in space.ratios.items()})
+def smallest_policy(space: SearchSpace, *, quantize: bool = True) -> Policy:
+    """Every group at its largest prune ratio; with ``quantize``, every layer at its
+    lowest bit-width (else 32)."""
+    bits = {f"bits.{n}": min(bs) if quantize else 32 for n, bs in space.bits.items()}
+    return space.policy_from_params({**{f"prune.{g}": max(rs) for g, rs in space.ratios.items()},
+                                     **bits})
 
 
-def random_policy(space: SearchSpace, rng: random.Random) -> Policy:
-    """One ratio per group, uniform over the group's choices."""
-    return space.policy_from_params({f"prune.{g}": rng.choice(rs)
-                                     for g, rs in sorted(space.ratios.items())})
+def random_policy(space: SearchSpace, rng: random.Random, *, quantize: bool = True) -> Policy:
+    """One ratio per group and (with ``quantize``) one bit-width per layer, uniform over
+    the space's choices."""
+    params: dict[str, float | int] = {f"prune.{g}": rng.choice(rs)
+                                      for g, rs in sorted(space.ratios.items())}
+    if quantize:
+        params.update((f"bits.{n}", rng.choice(bs)) for n, bs in sorted(space.bits.items()))
+    return space.policy_from_params(params)
 
 
 def step_policies(space: SearchSpace, recipe: SandwichRecipe, step: int) -> list[Policy]:
     """The sub-networks trained at ``step``: largest, smallest, then the random ones."""
     rng = random.Random(recipe.seed * 1_000_003 + step)
-    return [largest_policy(space), smallest_policy(space),
-            *(random_policy(space, rng) for _ in range(recipe.n_random))]
+    q = recipe.quantize
+    return [largest_policy(space), smallest_policy(space, quantize=q),
+            *(random_policy(space, rng, quantize=q) for _ in range(recipe.n_random))]
 
 
 def _batch(split: Split, batch_size: int, seed: int, step: int) -> tuple[torch.Tensor,
@@ -101,24 +119,26 @@ def sandwich_step(supernet: MaskedSupernet, x: torch.Tensor, y: torch.Tensor,
     (no optimizer step); the first policy is the largest, the rest distil from it.
     Returns the summed loss."""
     supernet.set_policy(policies[0])
-    logits = supernet(x)
-    if teacher is not None:
-        with torch.no_grad():
-            target = teacher(x)
-        loss = distillation_loss(logits, target, y, temperature=recipe.temperature,
-                                 alpha=recipe.alpha)
-    else:
-        loss = F.cross_entropy(logits, y)
-    loss.backward()
+    with supernet.quantized(policies[0]):  # backward inside: straight-through
+        logits = supernet(x)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distillation_loss(logits, target, y, temperature=recipe.temperature,
+                                     alpha=recipe.alpha)
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
     total = float(loss.detach())
     soft = logits.detach()
     t = recipe.inplace_temperature
     for policy in policies[1:]:
         supernet.set_policy(policy)
-        sub = supernet(x)
-        loss = F.kl_div(F.log_softmax(sub / t, dim=1), F.softmax(soft / t, dim=1),
-                        reduction="batchmean") * (t * t)
-        loss.backward()
+        with supernet.quantized(policy):
+            sub = supernet(x)
+            loss = F.kl_div(F.log_softmax(sub / t, dim=1), F.softmax(soft / t, dim=1),
+                            reduction="batchmean") * (t * t)
+            loss.backward()
         total += float(loss.detach())
     return total
 
