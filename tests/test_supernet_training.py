@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimtune.compress import quantize_weights
+from slimtune.compress import PolicyError, quantize_weights
 from slimtune.data import load_dataset
 from slimtune.errors import UserInputError
 from slimtune.evaluators.supernet import (
@@ -179,3 +179,16 @@ def test_copies_and_pickles_keep_their_own_masks(data) -> None:
             torch.testing.assert_close(supernet(x), half)  # the original kept its masks
             assert not torch.allclose(clone(x), half)
 
+
+
+def test_dimensions_a_supernet_cannot_score_are_refused(data) -> None:
+    model, table, space = setup()
+    low_rank = SearchSpace.from_table(table, RATIOS, (32,), rank=(0.5,))
+    with pytest.raises(PolicyError, match="rank"):
+        SupernetEvaluator.build(model, table, low_rank, data.train, data.val,
+                                recipe=SandwichRecipe(steps=0), cache=False)
+    evaluator = SupernetEvaluator.build(model, table, space, data.train, data.val,
+                                        recipe=SandwichRecipe(steps=0), cache=False)
+    layer = next(li.name for li in table.layers if li.kind == "conv")
+    with pytest.raises(PolicyError, match="sparsity"):
+        evaluator.score(Policy(sparsity={layer: 0.5}))

@@ -231,8 +231,9 @@ class MaskedSupernet(nn.Module):
                             for g in table.groups}
         # position of each root channel in its group's ranking
         self._rank = {g: torch.argsort(torch.as_tensor(o)) for g, o in self.order.items()}
-        self._width = {n: _width(modules[s.module], s.side) for sites in self._sites.values()
-                       for s in sites for n in [(s.module, s.side)]}
+        # channels of each masked (module, side)
+        self._width = {(s.module, s.side): _width(modules[s.module], s.side)
+                       for sites in self._sites.values() for s in sites}
         self._masks: dict[tuple[str, str], torch.Tensor] = {}
         self._kept = {g.name: g.channels for g in table.groups}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from slimtune.baseline import cache_dir
-from slimtune.compress import check_policy
+from slimtune.compress import PolicyError, check_policy
 from slimtune.data import Split
 from slimtune.envs.proxy import recalibrate_bn
 from slimtune.evaluators.base import Evaluator
@@ -81,6 +81,12 @@ class SupernetEvaluator(Evaluator):
         no files). Training checkpoints there every ``checkpoint_every`` steps and resumes
         after a kill. ``round_to`` must be the one ``space`` was built with."""
         recipe = recipe or SandwichRecipe()
+        extra = [name for name, dims in (("rank", space.rank), ("sparsity", space.sparsity),
+                                         ("clusters", space.clusters)) if dims]
+        if extra:
+            raise PolicyError(f"the supernet evaluator scores prune ratios and bit-widths "
+                              f"only; the space also searches {', '.join(extra)}: use the "
+                              "bn_recal evaluator")
         order = channel_order(baseline, table)
         supernet = MaskedSupernet(copy.deepcopy(baseline), table, order, round_to=round_to)
         key = supernet_key(baseline, table, space, order,
@@ -116,7 +122,7 @@ class SupernetEvaluator(Evaluator):
         return self.cache[key]
 
     def _score(self, policy: Policy) -> float:
-        check_policy(self.supernet.table, policy)
+        _check(self.supernet.table, policy)
         supernet = self.supernet.set_policy(policy)
         with supernet.quantized(policy):
             self._recalibrate()
@@ -124,7 +130,7 @@ class SupernetEvaluator(Evaluator):
             return accuracy(predict(supernet, self.val_split.x[:n]), self.val_split.y[:n])
 
     def model(self, policy: Policy) -> nn.Module:
-        check_policy(self.supernet.table, policy)
+        _check(self.supernet.table, policy)
         self.supernet.set_policy(policy)
         self._recalibrate()
         return self.supernet.extract().eval()
@@ -132,3 +138,11 @@ class SupernetEvaluator(Evaluator):
     def _recalibrate(self) -> None:
         recalibrate_bn(self.supernet, self.train_split, batches=self.recal_batches,
                        batch_size=self.batch_size)
+
+
+def _check(table: LayerTable, policy: Policy) -> None:
+    """PolicyError unless ``policy`` fits ``table`` and sets only what a supernet has."""
+    check_policy(table, policy)
+    if policy.rank or policy.sparsity or policy.clusters:
+        raise PolicyError("the supernet evaluator scores prune ratios and bit-widths only, "
+                          "not rank, sparsity or clusters")
