@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slimtune.compress import PolicyError, quantize_weights
-from slimtune.data import load_dataset
+from slimtune.data import Split, load_dataset
 from slimtune.errors import UserInputError
 from slimtune.evaluators.supernet import (
     MaskedSupernet,
@@ -192,3 +192,16 @@ def test_dimensions_a_supernet_cannot_score_are_refused(data) -> None:
     layer = next(li.name for li in table.layers if li.kind == "conv")
     with pytest.raises(PolicyError, match="sparsity"):
         evaluator.score(Policy(sparsity={layer: 0.5}))
+
+
+def test_cache_key_follows_training_data_and_recipe(data) -> None:
+    model, table, space = setup()
+
+    def key(train, recipe: SandwichRecipe) -> str:
+        return SupernetEvaluator.build(model, table, space, train, data.val, recipe=recipe,
+                                       cache=False).key
+
+    base = key(data.train, SandwichRecipe(steps=0))
+    assert base == key(data.train, SandwichRecipe(steps=0))
+    assert base != key(Split(data.train.x[:64], data.train.y[:64]), SandwichRecipe(steps=0))
+    assert base != key(data.train, SandwichRecipe(steps=0, lr=0.5))

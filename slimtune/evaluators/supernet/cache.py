@@ -3,9 +3,9 @@
 Both are ``torch.save`` payloads of plain tensors, numbers and strings (loaded with
 ``weights_only=True``), written atomically (``write_bytes_atomic``), so a SIGKILL leaves
 the last complete file. The key hashes everything that determines the trained weights:
-the baseline's state, the table's signature, the space's choices, the channel order and
-the training recipe. A file whose key, model signature or tensors do not match the model
-at hand is refused with a one-line :class:`SupernetCacheError`.
+the baseline's state, the training split, the table's signature, the space's choices,
+the channel order and the training recipe. A file whose key, model signature or tensors
+do not match the model at hand is refused with a one-line :class:`SupernetCacheError`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtune.data import Split
 from slimtune.errors import UserInputError
 from slimtune.layers import LayerTable
 from slimtune.policy import write_bytes_atomic
 from slimtune.spaces import SearchSpace
 
-__all__ = ["FORMAT", "SupernetCacheError", "read_payload", "state_hash", "supernet_key",
-           "write_payload"]
+__all__ = ["FORMAT", "SupernetCacheError", "read_payload", "split_hash", "state_hash",
+           "supernet_key", "write_payload"]
 
 FORMAT = 1  # bump when the payload or what training produces changes
 
@@ -45,10 +46,20 @@ def state_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def split_hash(split: Split) -> str:
+    """SHA-256 of a split's inputs and labels (what the supernet trains on)."""
+    h = hashlib.sha256()
+    for t in (split.x, split.y):
+        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def supernet_key(baseline: nn.Module, table: LayerTable, space: SearchSpace,
-                 order: Mapping[str, tuple[int, ...]], recipe: Mapping[str, Any]) -> str:
+                 order: Mapping[str, tuple[int, ...]], recipe: Mapping[str, Any],
+                 train: Split) -> str:
     """The cache key of a trained supernet (16 hex digits)."""
-    features = {"format": FORMAT, "baseline": state_hash(baseline),
+    features = {"format": FORMAT, "baseline": state_hash(baseline), "train": split_hash(train),
                 "table": table.signature(),
                 "ratios": {g: list(r) for g, r in sorted(space.ratios.items())},
                 "bits": {n: list(b) for n, b in sorted(space.bits.items())},

@@ -90,7 +90,7 @@ class SupernetEvaluator(Evaluator):
         order = channel_order(baseline, table)
         supernet = MaskedSupernet(copy.deepcopy(baseline), table, order, round_to=round_to)
         key = supernet_key(baseline, table, space, order,
-                           {**recipe.to_dict(), "round_to": round_to})
+                           {**recipe.to_dict(), "round_to": round_to}, train_split)
         folder = supernet_cache_dir() if cache is True else (Path(cache) if cache else None)
         final = folder / f"{key}.pt" if folder else None
         if final is not None and final.is_file():
