@@ -10,8 +10,12 @@ scores each three ways on the same validation subset:
   distillation from the baseline, then recalibrated: the accuracy a winner ends up near.
 
 Reports seconds per sandwich step and per ``score`` call and the Spearman correlations
-between the three; writes ``benchmarks/results/supernet_<dataset>.json``. A run on digits
-takes a few minutes on two cores.
+between the three; writes ``benchmarks/results/supernet_<dataset>.json``. The committed
+results (one thread, shared 2-core machine, ~5 min each)::
+
+    python benchmarks/supernet.py --finetune-steps 100
+    python benchmarks/supernet.py --dataset fashion-mnist --train-size 3000 --val-size 500 \
+        --baseline-steps 200 --steps 60 --finetune-steps 30 --recal-batches 5
 """
 
 from __future__ import annotations
