@@ -205,3 +205,46 @@ def test_cache_key_follows_training_data_and_recipe(data) -> None:
     assert base == key(data.train, SandwichRecipe(steps=0))
     assert base != key(Split(data.train.x[:64], data.train.y[:64]), SandwichRecipe(steps=0))
     assert base != key(data.train, SandwichRecipe(steps=0, lr=0.5))
+
+
+CHILD = """
+import sys, time, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from tests.test_supernet_training import RECIPE, fresh, setup
+from slimtune.data import load_dataset
+from slimtune.evaluators.supernet import train_supernet
+data = load_dataset("synthetic", train_size=128, val_size=64, test_size=16, seed=0)
+model, table, space = setup()
+def report(step, _policies):
+    print(step, flush=True)
+    time.sleep(0.3)
+train_supernet(fresh(model, table), space, data.train, RECIPE, key="k", teacher=model,
+               checkpoint=Path(sys.argv[1]), checkpoint_every=1, on_step=report)
+"""
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint(data, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "k.ckpt"
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt)], cwd=root,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.stdout is not None
+    for line in child.stdout:
+        if int(line) == 2:
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    model, table, space = setup()
+    steps: list[int] = []
+    start = train_supernet(fresh(model, table), space, data.train, RECIPE, key="k",
+                           teacher=model, checkpoint=ckpt, checkpoint_every=1,
+                           on_step=lambda s, _p: steps.append(s))
+    assert start in (2, 3) and steps == list(range(start + 1, RECIPE.steps + 1))
