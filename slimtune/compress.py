@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 
 import torch
@@ -105,8 +105,11 @@ def _prune_fn(module: nn.Module) -> Callable[..., nn.Module]:
 
 
 def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTable,
-          policy: Policy, round_to: int) -> dict[str, list[int]]:
-    """Per group with a ratio > 0, the root-layer channel indices to remove (least L2 first)."""
+          policy: Policy, round_to: int,
+          keep_order: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """Per group with a ratio > 0, the root-layer channel indices to remove (least L2 first,
+    or the tail of the group's ``keep_order`` ranking when it has one)."""
+    keep_order = keep_order or {}
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     plan = {}
     for group in table.groups:
@@ -121,6 +124,9 @@ def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTabl
         n_remove = channels - group_kept(group, ratio, round_to)
         if n_remove == 0:
             continue
+        if group.name in keep_order:
+            plan[group.name] = sorted(_checked_order(group, keep_order[group.name])[-n_remove:])
+            continue
         try:
             full = dg.get_pruning_group(root, _prune_fn(root), list(range(channels)))
             scores = importance(full).cpu()
@@ -134,6 +140,15 @@ def group_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
     """Channels ``group`` keeps at ``ratio``; whole heads for an attention group."""
     unit = math.lcm(max(round_to, 1), group.head_dim)
     return kept_channels(group.channels, ratio, min_channels=group.min_channels, round_to=unit)
+
+
+def _checked_order(group: ChannelGroup, order: Sequence[int]) -> list[int]:
+    """``order`` as a list, PolicyError unless it ranks each of the group's channels once."""
+    ranked = [int(i) for i in order]
+    if sorted(ranked) != list(range(group.channels)):
+        raise PolicyError(f"keep order of group {group.name!r} must rank each of its "
+                          f"{group.channels} channels once, got {len(ranked)} entries")
+    return ranked
 
 
 def _least_important(scores: torch.Tensor, n_remove: int, head_dim: int) -> list[int]:
@@ -159,30 +174,37 @@ def _example(model: nn.Module, table: LayerTable, given: torch.Tensor | None) ->
 
 
 def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
-                     example_input: torch.Tensor | None = None) -> dict[str, list[int]]:
+                     example_input: torch.Tensor | None = None,
+                     keep_order: Mapping[str, Sequence[int]] | None = None,
+                     ) -> dict[str, list[int]]:
     """Which output channels of each group's root layer ``apply_policy`` removes.
 
     Indices are the same for every layer of a group (residual adds and depthwise convs
-    share channel positions). Groups with nothing removed are left out.
+    share channel positions). Groups with nothing removed are left out. ``keep_order``:
+    as in :func:`prune_structure`.
     """
     check_policy(table, policy)
     with eval_mode(model):
         dg = dependency_graph(model, _example(model, table, example_input))
-    return _plan(dg, _layers(model, table), table, policy, round_to)
+    return _plan(dg, _layers(model, table), table, policy, round_to, keep_order)
 
 
 def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
-                    example_input: torch.Tensor | None = None) -> nn.Module:
+                    example_input: torch.Tensor | None = None,
+                    keep_order: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
     """A copy of ``model`` with the policy's channels removed; weights not quantized.
 
     Also rebuilds a pruned architecture, to ``load_state_dict`` saved pruned weights into.
+    ``keep_order`` maps a group's name to a ranking of all its root-layer channels, most
+    important first: the group then keeps a prefix of that ranking (a weight-sharing
+    supernet's fixed order) instead of its largest-L2 channels of ``model``.
     """
     check_policy(table, policy)
     pruned = copy.deepcopy(model)
     layers = _layers(pruned, table)
     with eval_mode(pruned):
         dg = dependency_graph(pruned, _example(pruned, table, example_input))
-        plan = _plan(dg, layers, table, policy, round_to)
+        plan = _plan(dg, layers, table, policy, round_to, keep_order)
         # All indices were chosen on the unpruned weights. Each group owns its output
         # channels, so pruning one group leaves the others' root indices valid; the graph
         # re-derives concat/split offsets from current shapes in get_pruning_group.
@@ -194,7 +216,7 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
                 raise _unsupported(table.group(name), err) from err
         _set_heads(pruned, table, plan)
         _check_runs(model, pruned, table, plan, _example(model, table, example_input),
-                    round_to)
+                    round_to, keep_order)
     return pruned
 
 
@@ -225,7 +247,8 @@ def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) 
 
 
 def _check_runs(original: nn.Module, pruned: nn.Module, table: LayerTable,
-                plan: dict[str, list[int]], example: torch.Tensor, round_to: int) -> None:
+                plan: dict[str, list[int]], example: torch.Tensor, round_to: int,
+                keep_order: Mapping[str, Sequence[int]] | None = None) -> None:
     """PolicyError naming the group whose pruning left a model that does not run.
 
     torch-pruning can produce consistent-looking shapes that still fail in forward (a
@@ -243,7 +266,8 @@ def _check_runs(original: nn.Module, pruned: nn.Module, table: LayerTable,
             ratio = 1.0 - (table.group(name).channels - len(plan[name])) / \
                 table.group(name).channels
             alone = Policy(prune={name: min(ratio, 0.999)}, model_signature="")
-            prune_structure(original, table, alone, round_to=round_to, example_input=example)
+            prune_structure(original, table, alone, round_to=round_to, example_input=example,
+                            keep_order=keep_order)
     raise _unsupported(table.group(next(iter(plan))), failure)
 
 
