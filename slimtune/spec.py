@@ -335,6 +335,18 @@ class ScoringSpec(_Strict):
     batch_size: int = Field(default=128, ge=1)
 
 
+class SupernetSpec(_Strict):
+    """How the one-shot supernet (``search.evaluator: supernet``) is trained from the
+    baseline, once per (baseline, space, recipe) and cached: ``steps`` sandwich steps
+    (the largest, the smallest and ``random_subnets`` random sub-networks a step, in-place
+    distillation from the largest) of ``batch_size`` examples at ``lr``."""
+
+    steps: int = Field(default=300, ge=0, le=10_000_000)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    random_subnets: int = Field(default=2, ge=0, le=64)
+
+
 class FinalizeSpec(_Strict):
     """The final stage of a scoring search: the ``top_k`` best-scored candidates that
     measured within budget are fine-tuned for ``epochs`` epochs of the training split with
@@ -402,6 +414,7 @@ class JobSpec(_Strict):
     baseline: BaselineSpec = BaselineSpec()
     finetune: FinetuneSpec = FinetuneSpec()
     scoring: ScoringSpec = ScoringSpec()
+    supernet: SupernetSpec = SupernetSpec()
     finalize: FinalizeSpec = FinalizeSpec()
     env: EnvSpec = EnvSpec()
     agent: AgentSpec = AgentSpec()

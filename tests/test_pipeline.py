@@ -159,3 +159,22 @@ def test_paired_measurement_under_synthetic_load(tmp_path, monkeypatch):
     paired = measure_paired(torch.tensor(1.0), torch.tensor(2.0), target, (1,),
                             protocol=proto)
     assert paired.ratio == pytest.approx(0.5, rel=0.15)
+
+
+def test_job_builds_the_supernet_evaluator_from_the_spec(tmp_path):
+    from slimtune.pipeline.job import build_evaluator
+
+    ctx = tiny_trial_context(tmp_path)
+    spec = ctx.spec.with_sections(search={"evaluator": "supernet"},
+                                  supernet={"steps": 3, "batch_size": 16},
+                                  scoring={"val_size": 64, "recal_batches": 2,
+                                           "batch_size": 32})
+    ctx = replace(ctx, spec=spec)
+    steps: list[str] = []
+    ev = build_evaluator(ctx, ctx.baseline_model(), _space(ctx), steps.append)
+    assert ev.name == "supernet" and steps[-1] == "supernet: sandwich step 3/3"
+    policy = _space(ctx).uniform(0.5, 32)
+    assert 0.0 <= ev.score(policy) <= 1.0
+    model = ev.model(policy)
+    full = sum(p.numel() for p in ctx.baseline_model().parameters())
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * full

@@ -46,7 +46,27 @@ def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
         return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
                                 round_to=spec.space.round_to, settings=settings,
                                 threads=spec.target.threads)
-    raise NotImplementedError(f"evaluator {spec.search.evaluator!r}")
+    import torch
+
+    from slimtune.evaluators.supernet import SandwichRecipe, SupernetEvaluator
+
+    sn = spec.supernet
+    recipe = SandwichRecipe(steps=sn.steps, batch_size=sn.batch_size, lr=sn.lr,
+                            n_random=sn.random_subnets, seed=spec.search.seed,
+                            temperature=spec.finetune.temperature)
+
+    def step(n: int, _policies: object) -> None:
+        if n % 100 == 0 or n == sn.steps:
+            say(f"supernet: sandwich step {n}/{sn.steps}")
+
+    torch.set_num_threads(spec.target.threads)
+    with machine_lock("shared"):
+        evaluator = SupernetEvaluator.build(
+            baseline, ctx.table, space, ctx.data.train, ctx.data.val,
+            round_to=spec.space.round_to, recipe=recipe, val_size=spec.scoring.val_size,
+            recal_batches=spec.scoring.recal_batches, on_step=step)
+    evaluator.batch_size = spec.scoring.batch_size
+    return evaluator
 
 
 def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
