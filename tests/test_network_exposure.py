@@ -41,7 +41,8 @@ import ray
 from slimtune.search.tune import start_ray, stop_ray
 start_ray(num_cpus=1)
 ray.get(ray.remote(lambda: os.getpid()).remote())
-print("READY", flush=True)
+node = ray.nodes()[0]
+print("READY", node["NodeManagerAddress"], ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.readline()
 stop_ray()
 """
@@ -110,7 +111,9 @@ def test_a_local_job_is_reachable_on_no_port_from_another_host(other_host, tmp_p
                               stderr=subprocess.PIPE, text=True)
     control = _control_listener()
     try:
-        assert driver.stdout.readline().strip() == "READY", driver.stderr.read()[-3000:]
+        ready = driver.stdout.readline().split()
+        assert ready[:1] == ["READY"], driver.stderr.read()[-3000:]
+        assert ready[1] == "127.0.0.1" and ready[2].startswith("127.0.0.1:"), ready  # advertised
         root = psutil.Process(driver.pid)
         sockets = _settled(lambda: [root, *root.children(recursive=True)])
         names = {name for *_, name in sockets}

@@ -169,3 +169,18 @@ def test_the_mlflow_ui_command_slimtune_prints_binds_to_loopback(tmp_path):
 
     command = ui_command(f"sqlite:///{tmp_path / 'mlruns.db'}")
     assert command.startswith("mlflow ui ") and "--host 127.0.0.1" in command.split(" --port")[0]
+
+
+def test_loopback_mode_is_on_only_while_the_local_node_starts(monkeypatch):
+    from ray._private import ray_constants
+
+    monkeypatch.delenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, raising=False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with security.local_ray_on_loopback():
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+        assert os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] == "0"
+        from ray._private.services import resolve_ip_for_localhost
+
+        assert resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER == before
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR not in os.environ
