@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (quickstart job) and `make test`.
 # Both set up everything first: a venv, torch 2.13.0 (CPU build) before anything else,
-# the project with its dev extras, and the Debian Fashion-MNIST package when root.
+# the project with its dev extras, and the Debian Fashion-MNIST and iproute2 packages when root.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,6 +25,14 @@ data:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	  else \
 	    echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; \
+	  fi; \
+	fi
+	@# iproute2 ('ip'): tests/test_network_exposure.py plays another host in a network namespace
+	@if ! command -v ip >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	  else \
+	    echo "iproute2 missing (the network-exposure test will skip): run 'sudo apt-get install -y iproute2'"; \
 	  fi; \
 	fi
 

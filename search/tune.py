@@ -29,7 +29,12 @@ OnComplete = Callable[[TrialResult], None]
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None,
               verbose: bool = False) -> None:
-    """Connect to a cluster at ``address``, or start a local Ray bound to 127.0.0.1."""
+    """Connect to a cluster at ``address``, or start a local Ray bound to 127.0.0.1.
+
+    The local Ray listens on loopback only (``security.local_ray_on_loopback``) with
+    Ray's token authentication on (Ray's default for a local ``ray.init``); its token
+    file, when this call causes it to be written, is readable by its owner only.
+    """
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -56,10 +61,23 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
         warn_if_exposed_ray(address)
         ray.init(address=address, logging_level=level, log_to_driver=verbose)
     else:
+        from slimtune.security import (
+            default_token_path,
+            local_ray_on_loopback,
+            make_owner_only,
+            private_ray_token,
+        )
+
+        token_existed = default_token_path().is_file()
+        private_ray_token()  # the token Ray would write 0644, written 0600 first
         # address="local": always a fresh Ray for this job, even when another Ray cluster
-        # (someone's `ray start`) runs on this machine
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=level, log_to_driver=verbose)
+        # (someone's `ray start`) runs on this machine; every port on 127.0.0.1
+        with local_ray_on_loopback():
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=level, log_to_driver=verbose)
+        if not token_existed:  # written by Ray after all (a race, or another Ray's way)
+            make_owner_only(default_token_path())
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
 

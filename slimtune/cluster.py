@@ -26,7 +26,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from slimtune.errors import UserInputError
-from slimtune.security import confined, warn_if_exposed_mlflow, warn_if_exposed_ray
+from slimtune.security import (
+    confined,
+    ray_auth_refusal,
+    use_ray_token_if_available,
+    warn_if_exposed_mlflow,
+    warn_if_exposed_ray,
+)
 
 ADDRESS_ENV = "RAY_ADDRESS"
 # Left out of the shipped working directory: environments, VCS data, local run outputs.
@@ -59,15 +65,31 @@ def resolve_address(address: str | None) -> str:
 
 
 def client(address: str | None):
-    """A ``JobSubmissionClient`` for the cluster at ``address`` (or ``$RAY_ADDRESS``)."""
+    """A ``JobSubmissionClient`` for the cluster at ``address`` (or ``$RAY_ADDRESS``),
+    sending Ray's token when one is available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
+    or ``~/.ray/auth_token``), as ``ray.init(address=...)`` does, RAY_AUTH_MODE unset."""
     url = resolve_address(address)
+    use_ray_token_if_available()
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(url)
+        jobs = JobSubmissionClient(url)
     except Exception as err:  # noqa: BLE001 - requests/Ray raise several kinds
+        _refused(err, url)
         raise ClusterError(f"cannot reach the Ray dashboard at {url}: "
                            f"{_one_line(err)}") from None
+    return jobs
+
+
+class AuthRefusedError(UserInputError):
+    """The cluster wants a (different) Ray token: one line naming what to set, exit 2."""
+
+
+def _refused(err: BaseException, url: str = "") -> None:
+    """Raise AuthRefusedError when ``err`` is Ray's token refusal."""
+    line = ray_auth_refusal(url, f"{type(err).__name__}: {err}")
+    if line:
+        raise AuthRefusedError(line) from None
 
 
 def _one_line(err: BaseException) -> str:
@@ -79,6 +101,7 @@ def _call(what: str, job_id: str, fn, *args):
     try:
         return fn(*args)
     except Exception as err:  # noqa: BLE001
+        _refused(err)
         text = _one_line(err)
         if "does not exist" in text or "404" in text:
             raise UserInputError(f"no job {job_id!r} on this cluster "
@@ -151,6 +174,7 @@ def submit_job(address: str | None, job: str, *, out: str | None = None,
                         submission_id=plan.job_id,
                         metadata={"slimtune.out": plan.out, "slimtune.spec": job})
     except Exception as err:  # noqa: BLE001
+        _refused(err)
         raise ClusterError(f"submit {plan.job_id}: {_one_line(err)}") from None
     return plan
 
@@ -199,6 +223,7 @@ def list_jobs(address: str | None) -> list[dict]:
     try:
         found = jobs.list_jobs()
     except Exception as err:  # noqa: BLE001
+        _refused(err)
         raise ClusterError(f"list: {_one_line(err)}") from None
     rows = []
     for job in sorted(found, key=lambda j: j.start_time or 0):

@@ -37,19 +37,22 @@ def free_ports(n: int) -> list[int]:
 
 
 class RayHead:
-    def __init__(self, env: dict[str, str], num_cpus: int = 2) -> None:
+    """``ray start --head`` with token auth; node IP and dashboard host ``host``."""
+
+    def __init__(self, env: dict[str, str], num_cpus: int = 2, host: str = "127.0.0.1") -> None:
         # short: Ray's unix sockets live under it (path length limit)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="stray-", dir="/tmp"))
         gcs, dash, client, nm, om, agent, agent_grpc, rtenv, metrics = free_ports(9)
-        self.address = f"http://127.0.0.1:{dash}"
-        token = secrets.token_hex(16)
+        self.address = f"http://{host}:{dash}"
+        self.metrics_port = metrics  # Prometheus metrics, served by the dashboard agent
+        self.token = token = secrets.token_hex(32)
         self.env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                     "RAY_USAGE_STATS_ENABLED": "0",
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
         self.log = open(self.temp_dir / "head.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-             "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+            [RAY, "start", "--head", "--block", "--node-ip-address", host,
+             "--port", str(gcs), "--dashboard-host", host, "--dashboard-port", str(dash),
              "--include-dashboard", "true", "--num-cpus", str(num_cpus),
              "--temp-dir", str(self.temp_dir / "ray"), "--disable-usage-stats",
              "--ray-client-server-port", str(client), "--node-manager-port", str(nm),
@@ -75,6 +78,17 @@ class RayHead:
             last = done.stderr.strip().splitlines()[-1:] or ["?"]
             time.sleep(1.0)
         raise RuntimeError(f"Ray head not ready in {timeout}s: {last}")
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this head (its session)."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.proc.pid:
+                    found.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return found
 
     def head_log(self) -> str:
         return (self.temp_dir / "head.log").read_text()
