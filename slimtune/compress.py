@@ -186,7 +186,21 @@ def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, rou
     check_policy(table, policy)
     with eval_mode(model):
         dg = dependency_graph(model, _example(model, table, example_input))
+    keep_order = keep_order or _grouped_conv_order(model, table, policy)
     return _plan(dg, _layers(model, table), table, policy, round_to, keep_order)
+
+
+def _grouped_conv_order(model: nn.Module, table: LayerTable,
+                        policy: Policy) -> Mapping[str, Sequence[int]] | None:
+    """For a model with grouped (not depthwise) convs, the symmetric ranking of
+    :func:`slimtune.evaluators.supernet.channel_order`: torch-pruning slices a grouped
+    conv's input channels assuming every conv group loses the same positions, which
+    plain L2 order does not guarantee (ResNeXt pruned at random weights broke)."""
+    if not policy.prune or not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
+        return None
+    from slimtune.evaluators.supernet.elastic import channel_order  # it builds on this module
+
+    return channel_order(model, table)
 
 
 def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
@@ -200,6 +214,7 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
     supernet's fixed order) instead of its largest-L2 channels of ``model``.
     """
     check_policy(table, policy)
+    keep_order = keep_order or _grouped_conv_order(model, table, policy)
     pruned = copy.deepcopy(model)
     layers = _layers(pruned, table)
     with eval_mode(pruned):
