@@ -36,3 +36,32 @@ class Progress:
         if not self._closed:
             self.bar.close()
             self._closed = True
+
+
+class ScoringProgress:
+    """A tqdm bar on stderr for a scoring search: candidates scored, the best score so
+    far, how many the screen dropped; then one line a stage."""
+
+    def __init__(self, candidates: int) -> None:
+        self.bar = tqdm(total=candidates, desc="candidates", unit="cand", file=sys.stderr,
+                        dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} "
+                        "|{bar:20}| {postfix} [{elapsed}]")
+        self.best = 0.0
+        self.screened = 0
+        self._closed = False
+
+    def update(self, row: TrialResult) -> None:
+        if row.score is None:
+            self.screened += 1
+        else:
+            self.best = max(self.best, row.score)
+        self.bar.set_postfix_str(f"best score {self.best:.4f}, screened out {self.screened}",
+                                 refresh=False)
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.bar.close()
+            self._closed = True

@@ -24,6 +24,7 @@ from slimtune.pipeline.finalize import finalize_steps
 from slimtune.pipeline.measure import Budget
 from slimtune.pipeline.run import ScoringSearch, run_scoring_search
 from slimtune.policy import write_text_atomic
+from slimtune.progress import ScoringProgress
 from slimtune.result import TrialResult
 from slimtune.screening import Screen
 from slimtune.search.base import Searcher
@@ -96,8 +97,11 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     if spec.target.runtime == "torch":
         reference = baseline
     runs: dict[int, str] = {}
+    progress = ScoringProgress(spec.search.candidates)
 
     def on_row(row: TrialResult) -> None:
+        if row.stage == "scored" and not row.reference:
+            progress.update(row)
         row = replace(row, mlflow_run_id=runs.get(row.trial_id, ""))
         if row.stage != "scored" and row.trial_id not in runs:
             params = space.params_from_policy(row.policy)
@@ -112,7 +116,10 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     search = ScoringSearch(ctx=ctx, space=space, searcher=searcher, evaluator=evaluator,
                            screen=screen, budget=budget, baseline=reference, on_row=on_row,
                            say=say)
-    rows = run_scoring_search(search)
+    try:
+        rows = run_scoring_search(search)
+    finally:
+        progress.close()
     rows = [replace(r, mlflow_run_id=runs.get(r.trial_id, "")) for r in rows]
     compact_trials(out_dir, rows)
     _log_parent(tracker, out_dir, rows, search, finalize_steps(spec, len(ctx.data.train)))
