@@ -70,7 +70,9 @@ def job_links(uri: str, experiment_id: str, parent_run_id: str) -> FrontLinks:
         ui_command=ui_command(uri),
         runs_url=runs_url(uri, experiment_id, children_filter(parent_run_id), order_by=order),
         front_url=runs_url(uri, experiment_id, front_filter(parent_run_id), order_by=order),
-        chart_url=runs_url(uri, experiment_id, front_filter(parent_run_id), chart=True),
+        # sorted by a metric, MLflow lists the children flat instead of under the parent
+        chart_url=runs_url(uri, experiment_id, front_filter(parent_run_id), order_by=order,
+                           chart=True),
         parent_url=run_url(uri, experiment_id, parent_run_id))
 
 

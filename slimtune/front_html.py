@@ -18,7 +18,7 @@ _W, _H = 820, 500
 _L, _R, _T, _B = 70, 200, 40, 60  # margins; the legend sits in the right one
 _COLOURS = {"feasible": "#7fa7cf", "front": "#d62728", "front_other": "#ff7f0e",
             "over_budget": "#b0b0b0", "failed": "#808080", "baseline": "#000000",
-            "reference": "#2ca02c"}
+            "reference": "#2ca02c", "reference_ring": "#2ca02c"}
 _LEGEND = {"front": "front: accuracy vs latency", "front_other": "front only through size",
            "feasible": "feasible, dominated", "over_budget": "over budget / infeasible",
            "failed": "failed", "baseline": "baseline", "reference": "reference policy"}
@@ -48,8 +48,10 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
 
 def hover_text(p: ChartPoint) -> str:
     """What hovering a marker shows."""
-    lines = [p.label if p.trial_id is None else f"trial {p.trial_id}"
-             + (f" (front rank {p.rank})" if p.rank else "") + f": {p.kind.replace('_', ' ')}"]
+    notes = ", ".join(n for n in (f"front rank {p.rank}" if p.rank else "",
+                                  "best feasible" if p.best else "") if n)
+    lines = [p.label if p.trial_id is None and p.kind != "reference" else
+             f"trial {p.trial_id}" + (f" ({notes})" if notes else "") + f": {_LEGEND[p.kind]}"]
     if p.trial_id is not None and p.label != f"#{p.trial_id}":
         lines.append(p.label)
     if p.policy:
@@ -72,9 +74,11 @@ def _marker(kind: str, x: float, y: float, info: str) -> str:
             (0, -9), (2.6, -3), (9, -3), (4, 1.5), (6, 8), (0, 4), (-6, 8), (-4, 1.5),
             (-9, -3), (-2.6, -3)))
         return f'<polygon points="{pts}" fill="{c}" {attr}>{title}</polygon>'
-    if kind == "reference":
-        return (f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="{c}" '
-                f'{attr}>{title}</rect>')
+    if kind in ("reference", "reference_ring"):  # a ring: the reference is one of the trials
+        fill, half = (c, 5) if kind == "reference" else ("none", 9)
+        return (f'<rect x="{x - half:.1f}" y="{y - half:.1f}" width="{2 * half}" '
+                f'height="{2 * half}" fill="{fill}" stroke="{_COLOURS["reference"]}" '
+                f'stroke-width="2" {attr}>{title}</rect>')
     if kind == "front_other":
         pts = f"{x:.1f},{y - 6:.1f} {x + 6:.1f},{y:.1f} {x:.1f},{y + 6:.1f} {x - 6:.1f},{y:.1f}"
         return f'<polygon points="{pts}" fill="{c}" {attr}>{title}</polygon>'
@@ -93,7 +97,8 @@ def chart_svg(points: Sequence[ChartPoint], *, budget_ms: float, title: str) -> 
     """The chart as an SVG element: staircase, markers, budget line, axes, legend."""
     lats = [p.latency_ms for p in points] + [budget_ms]
     accs = [p.accuracy for p in points if p.accuracy is not None] or [0.0, 1.0]
-    x_lo, x_hi = 0.0, max(lats) * 1.05
+    span = max(lats) - min(lats) or max(lats) or 1.0
+    x_lo, x_hi = max(min(lats) - 0.06 * span, 0.0), max(lats) + 0.04 * span
     a_lo, a_hi = min(accs), max(accs)
     pad = max((a_hi - a_lo) * 0.08, 0.005)
     y_lo, y_hi = a_lo - pad * 2, min(a_hi + pad, 1.0 + pad)
@@ -139,15 +144,21 @@ def chart_svg(points: Sequence[ChartPoint], *, budget_ms: float, title: str) -> 
                    'stroke-width="1.5"/>')
     order = ("over_budget", "failed", "feasible", "front_other", "front", "reference",
              "baseline")
+    trials = {p.trial_id for p in points if p.kind not in ("baseline", "reference")}
+    named = {p.trial_id for p in points if p.kind == "reference"}
     for kind in order:
         for p in points:
             if p.kind != kind:
                 continue
             y = sy(p.accuracy) if p.accuracy is not None else _T + ph - 8
-            out.append(_marker(kind, sx(p.latency_ms), y, hover_text(p)))
-            if kind in ("front", "front_other", "reference") and p.accuracy is not None:
-                out.append(f'<text x="{sx(p.latency_ms) + 6:.1f}" y="{y - 5:.1f}" '
-                           f'font-size="10">{html.escape(p.label)}</text>')
+            shape = "reference_ring" if kind == "reference" and p.trial_id in trials else kind
+            out.append(_marker(shape, sx(p.latency_ms), y, hover_text(p)))
+            labelled = kind == "reference" or (kind in ("front", "front_other")
+                                               and p.trial_id not in named)
+            if labelled and p.accuracy is not None:
+                text = p.label + (" best" if p.best else "")
+                out.append(f'<text x="{sx(p.latency_ms) + 10:.1f}" y="{y - 6:.1f}" '
+                           f'font-size="10">{html.escape(text)}</text>')
     ly = _T + 6
     present = [k for k in _LEGEND if any(p.kind == k for p in points)]
     for kind in present:

@@ -130,6 +130,7 @@ class ChartPoint:
     rank: int | None = None
     policy: str = ""
     run_id: str = ""
+    best: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,11 @@ def reference_points(results: Sequence[TrialResult]) -> list[Reference]:
 
 
 def chart_points(results: Sequence[TrialResult], front: Sequence[TrialResult], *,
-                 baseline: Reference | None = None,
-                 references: Sequence[Reference] = ()) -> list[ChartPoint]:
+                 baseline: Reference | None = None, references: Sequence[Reference] = (),
+                 best: TrialResult | None = None) -> list[ChartPoint]:
     """Every trial with a measured latency, classified for the front chart; ranks are
-    positions on ``front`` (1 = fastest)."""
+    positions on ``front`` (1 = fastest). ``best`` defaults to the best feasible trial."""
+    best = best or best_feasible(results)
     on_2d = {r.trial_id for r in front_2d(results)}
     rank = {r.trial_id: i for i, r in enumerate(front, 1)}
     points = []
@@ -214,7 +216,8 @@ def chart_points(results: Sequence[TrialResult], front: Sequence[TrialResult], *
             kind = "failed" if r.state == "failed" else "over_budget"
         points.append(ChartPoint(kind, f"#{r.trial_id}", float(r.latency_ms), r.accuracy,
                                  r.size_bytes, r.trial_id, rank.get(r.trial_id),
-                                 policy_summary(r.policy), r.mlflow_run_id))
+                                 policy_summary(r.policy), r.mlflow_run_id,
+                                 best is not None and r.trial_id == best.trial_id))
     for kind, refs in (("baseline", [baseline] if baseline else []), ("reference", references)):
         points += [ChartPoint(kind, ref.label, ref.latency_ms, ref.accuracy, ref.size_bytes,
                               ref.trial_id) for ref in refs]
@@ -256,34 +259,48 @@ def plot_pareto(
     baseline = Reference("baseline", baseline_accuracy, baseline_latency_ms,
                          baseline_size_bytes)
     points = chart_points(results, front, baseline=baseline, references=references)
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    trial_ids = {p.trial_id for p in points if p.kind not in ("baseline", "reference")}
+    fig, ax = plt.subplots(figsize=(9.5, 5.2), dpi=120)
     for kind, (label, color, marker, size) in _STYLE.items():
         sel = [p for p in points if p.kind == kind and p.accuracy is not None]
+        if kind == "reference":  # a reference that is one of the trials: a ring around it
+            ring = [p for p in sel if p.trial_id in trial_ids]
+            sel = [p for p in sel if p.trial_id not in trial_ids]
+            if ring:
+                ax.scatter([p.latency_ms for p in ring], [p.accuracy for p in ring], s=170,
+                           marker=marker, facecolors="none", edgecolors=color,
+                           linewidths=1.8, label=f"{label} (one of the trials)", zorder=4)
         if sel:
             ax.scatter([p.latency_ms for p in sel], [p.accuracy for p in sel], s=size,
                        c=color, marker=marker, label=label, zorder=3 if kind != "feasible" else 2,
                        alpha=0.9 if kind not in ("feasible", "over_budget", "failed") else 0.6)
-    strip = [p for p in points if p.accuracy is None]
-    if strip:  # stopped before an accuracy: at their latency, along the bottom
-        ax.scatter([p.latency_ms for p in strip], [0.03] * len(strip),
-                   transform=ax.get_xaxis_transform(), marker="|", s=120, c="#a0a0a0",
-                   label=f"over budget / failed, no accuracy ({len(strip)})", zorder=2)
-    stairs = [p for p in points if p.kind == "front" and p.accuracy is not None]
-    stairs.sort(key=lambda p: p.latency_ms)
+    for kind, marker, color in (("over_budget", "|", "#a0a0a0"), ("failed", "x", "#707070")):
+        strip = [p for p in points if p.kind == kind and p.accuracy is None]
+        if strip:  # stopped before an accuracy: at their measured latency, along the bottom
+            ax.scatter([p.latency_ms for p in strip], [0.03] * len(strip),
+                       transform=ax.get_xaxis_transform(), marker=marker, s=110, c=color,
+                       label=f"{_STYLE[kind][0]}, no accuracy ({len(strip)}, along the bottom)",
+                       zorder=2)
+    stairs = sorted((p for p in points if p.kind == "front" and p.accuracy is not None),
+                    key=lambda p: p.latency_ms)
     if stairs:
-        xs = [p.latency_ms for p in stairs] + [budget_ms]
+        xs = [p.latency_ms for p in stairs] + [max(budget_ms, stairs[-1].latency_ms)]
         ys = [p.accuracy for p in stairs] + [stairs[-1].accuracy]
         ax.step(xs, ys, where="post", color="#d62728", linewidth=1.4, zorder=2)
+    named = {p.trial_id for p in points if p.kind == "reference"}
     for p in points:
-        if p.kind in ("front", "front_other", "reference") and p.accuracy is not None:
-            ax.annotate(p.label, (p.latency_ms, p.accuracy), fontsize=7, xytext=(4, 3),
+        labelled = p.kind == "reference" or (p.kind in ("front", "front_other")
+                                             and p.trial_id not in named)
+        if labelled and p.accuracy is not None:
+            ax.annotate(p.label + (" best" if p.best else ""), (p.latency_ms, p.accuracy),
+                        fontsize=7, xytext=(8, 5),
                         textcoords="offset points")
     ax.axvline(budget_ms, color="tab:orange", linestyle="--", label=f"budget {budget_ms:.3g} ms")
     ax.set_xlabel("measured median latency (ms)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -49,4 +49,6 @@ def print_summary(outcome: JobOutcome) -> None:
     if links is not None:  # MLflow 3 opens on its GenAI view: these open the training runs
         print(f"  then open the job's trials: {links.runs_url}")
         print(f"  its Pareto front only:      {links.front_url}")
+        print(f"  the front as a chart:       {links.chart_url}")
+        print("    (Add chart > Scatter chart, X axis latency_ms, Y axis accuracy)")
         print(f"  the parent run (artifacts): {links.parent_url}")

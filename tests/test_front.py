@@ -81,7 +81,8 @@ def test_png_and_html_draw_every_measured_trial(tmp_path):
     for p in points:  # every marker carries its hover text
         assert hover_text(p).split("\n")[0] in page
     text = hover_text(next(p for p in points if p.label == "#2"))
-    assert "trial 2 (front rank 2): front other" in text
+    assert "trial 2 (front rank 2): front only through size" in text
+    assert hover_text(points[0]).startswith("trial 0 (front rank 3, best feasible): front")
     assert "policy: pruned 1/1 groups" in text and "latency: 4.000 ms" in text
     assert "size: 0.1 kB" in text and "accuracy: 0.8400" in text
     assert "budget 6 ms" in page and "int8 only (#0)" in page
@@ -215,3 +216,33 @@ def test_register_as_is_checked_in_the_spec(tmp_path):
         parse_spec(tiny_job(tmp_path, tracking={"register_as": "a/b"}))
     with pytest.raises(SpecError, match="register_as needs a model"):
         parse_spec(tiny_job(tmp_path, tracking={"register_as": "a", "log_models": "none"}))
+
+
+def test_dashboard_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from slimtune.cli import main
+
+    assert main(["dashboard", str(tmp_path)]) == 2
+    assert "no study.db" in capsys.readouterr().err
+    (tmp_path / "study.db").write_bytes(b"")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "optuna_dashboard" else real(name, *a))
+    assert main(["dashboard", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'slimtune[dashboard]'" in err[0]
+
+
+def test_summary_prints_the_ui_links(job, capsys):
+    from slimtune.job import JobOutcome
+    from slimtune.summary import print_summary
+
+    tmp, spec, tracker, parent, results, front, best, links = job
+    base = {"accuracy": 0.92, "test_accuracy": 0.91, "latency_ms": 10.0, "size_bytes": 1000,
+            "macs": 10, "params": 10}
+    print_summary(JobOutcome(tmp, results, front, best, base, 6.0, 0.1, spec.tracking_uri,
+                             parent, 1.0, 1.0, 1.0))
+    out = capsys.readouterr().out
+    assert links.front_url in out and links.runs_url in out and links.chart_url in out
+    assert "registered: models:/tiny-net/3  (trial 0, alias best)" in out
