@@ -60,6 +60,7 @@ class FrontLinks:
     front_url: str  # only the front's runs
     chart_url: str  # the front's runs in the chart view (choose accuracy vs latency_ms)
     parent_url: str  # the parent run: table, pareto.html, pareto.png under Artifacts
+    table_url: str = ""  # the parent's front table, opened
     models: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -73,7 +74,8 @@ def job_links(uri: str, experiment_id: str, parent_run_id: str) -> FrontLinks:
         # sorted by a metric, MLflow lists the children flat instead of under the parent
         chart_url=runs_url(uri, experiment_id, front_filter(parent_run_id), order_by=order,
                            chart=True),
-        parent_url=run_url(uri, experiment_id, parent_run_id))
+        parent_url=run_url(uri, experiment_id, parent_run_id),
+        table_url=run_url(uri, experiment_id, parent_run_id, TABLE_FILE))
 
 
 def read_links(out_dir: Path) -> FrontLinks | None:

@@ -51,4 +51,5 @@ def print_summary(outcome: JobOutcome) -> None:
         print(f"  its Pareto front only:      {links.front_url}")
         print(f"  the front as a chart:       {links.chart_url}")
         print("    (Add chart > Scatter chart, X axis latency_ms, Y axis accuracy)")
+        print(f"  the front table:            {links.table_url}")
         print(f"  the parent run (artifacts): {links.parent_url}")

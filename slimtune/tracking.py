@@ -106,9 +106,11 @@ def runs_url(uri: str, experiment_id: str, search_filter: str = "", *,
     return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
 
 
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow 3 UI address of one run (its metrics, tags and artifacts)."""
-    return (f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_url(uri: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The MLflow 3 UI address of one run (its metrics, tags and artifacts), or of one of
+    its artifacts opened in the artifact viewer."""
+    path = f"/artifactPath/{quote(artifact)}" if artifact else ""
+    return (f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}{path}"
             "?workflowType=machine_learning")
 
 
