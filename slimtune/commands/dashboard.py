@@ -29,8 +29,8 @@ def study_storage(out_dir: Path) -> str:
     """The SQLite URL of the job's study; one-line error if there is none."""
     db = out_dir / STUDY_FILE
     if not db.is_file():
-        raise UserInputError(f"{out_dir}: no {STUDY_FILE} (only tpe and nsga2 jobs with the "
-                             "default search.storage keep an Optuna study there)")
+        raise UserInputError(f"{out_dir}: no {STUDY_FILE} (tpe, nsga2 and random jobs with "
+                             "the default search.storage keep their Optuna study there)")
     return f"sqlite:///{db.resolve()}"
 
 
