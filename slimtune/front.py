@@ -121,6 +121,7 @@ def publish_front(tracker: Tracker, parent_run_id: str, results: Sequence[TrialR
     base = Reference("baseline", baseline["accuracy"], baseline["latency_ms"],
                      baseline.get("size_bytes"))
     rows = front_table(front, best)
+    _untag_former_front(tracker, parent_run_id, {row["run_id"] for row in rows})
     for row in rows:
         run_id = row["run_id"]
         if run_id:
@@ -142,6 +143,21 @@ def publish_front(tracker: Tracker, parent_run_id: str, results: Sequence[TrialR
     links = FrontLinks(**{**asdict(links), "models": models})
     write_json(out_dir / LINKS_FILE, asdict(links))
     return links
+
+
+def _untag_former_front(tracker: Tracker, parent_run_id: str, keep: set[str]) -> None:
+    """A resumed job's front can change: runs tagged by an earlier publish that are no
+    longer on it get ``slimtune.pareto = false`` (and lose their rank)."""
+    if tracker.degraded:
+        return
+    parent = tracker.real_id(parent_run_id)
+    real_keep = {tracker.real_id(r) for r in keep}
+    for run in tracker.client.search_runs([tracker.experiment_id], front_filter(parent),
+                                          max_results=10_000):
+        if run.info.run_id not in real_keep:
+            tracker.log(run.info.run_id, tags={"slimtune.pareto": "false",
+                                               "slimtune.best": "false"})
+            tracker.client.delete_tag(run.info.run_id, "slimtune.rank")
 
 
 def _example(out_dir: Path, example: np.ndarray | None) -> np.ndarray | None:

@@ -187,3 +187,52 @@ def test_summary_prints_the_ui_links(job, capsys):
     out = capsys.readouterr().out
     assert links.front_url in out and links.runs_url in out and links.chart_url in out
     assert "registered: models:/tiny-net/3  (trial 0, alias best)" in out
+
+
+def test_republishing_untags_runs_that_left_the_front(job):
+    from slimtune.front import publish_front
+
+    tmp, spec, tracker, parent, results, front, best, links = job
+    smaller = [r for r in front if r.trial_id != 1]  # as if a resumed job found better
+    spec_no_models = spec.with_sections(tracking={"log_models": "none", "register_as": None})
+    base = {"accuracy": 0.92, "latency_ms": 10.0, "size_bytes": 1000}
+    try:
+        publish_front(tracker, parent, results, smaller, best, tmp, spec_no_models, base,
+                      budget_ms=6.0)
+        found = tracker.client.search_runs([tracker.experiment_id], front_filter(parent))
+        assert sorted(r.data.tags["trial_id"] for r in found) == ["0", "2"]
+        gone = tracker.client.get_run(front[0].mlflow_run_id).data.tags
+        assert gone["slimtune.pareto"] == "false" and "slimtune.rank" not in gone
+    finally:  # leave the module's job as the other tests expect it
+        publish_front(tracker, parent, results, front, best, tmp, spec_no_models, base,
+                      budget_ms=6.0)
+        (tmp / "mlflow.json").write_text(json.dumps(links.__dict__))
+
+
+def test_job_finish_publishes_the_front(tmp_path):
+    """job._finish on fake rows (no Ray): pareto.json/png/html, tags, table, best model."""
+    import time
+
+    from slimtune.job import _finish
+
+    out, spec, tracker, parent, results, front, best, _ = published_job(tmp_path)
+    for r in results:
+        if r.feasible and not (out / "trials" / str(r.trial_id) / "model.onnx").exists():
+            src = out / "trials" / str(best.trial_id)
+            (out / "trials" / str(r.trial_id)).mkdir()
+            for f in src.iterdir():
+                (out / "trials" / str(r.trial_id) / f.name).write_bytes(f.read_bytes())
+    (out / "trials.jsonl").write_text("")
+    (out / "mlflow.json").unlink()
+    base = {"accuracy": 0.92, "test_accuracy": 0.9, "latency_ms": 10.0, "size_bytes": 1000,
+            "macs": 10, "params": 10}
+    spec = spec.with_sections(evaluate=[], tracking={"log_models": "best",
+                                                     "register_as": "finish-net"})
+    outcome = _finish(spec, out, tracker, results, base, 6.0, time.perf_counter(), 1.0)
+    assert [r.trial_id for r in outcome.front] == [1, 2, 0]
+    for name in ("pareto.json", "pareto.png", "pareto.html", "mlflow.json"):
+        assert (out / name).is_file(), name
+    links = read_links(out)
+    assert [m["registered"] for m in links.models] == ["models:/finish-net/1"]
+    names = {a.path for a in tracker.client.list_artifacts(parent)}
+    assert {"pareto.png", "pareto.html", TABLE_FILE} <= names
