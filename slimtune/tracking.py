@@ -166,7 +166,8 @@ class Tracker:
             return found.experiment_id
         db = sqlite_path(self.uri)
         location = (db.parent / "mlartifacts" / name).as_uri() if db is not None else None
-        # "custom_model_development" makes the MLflow 3 UI open the training-runs view
+        # marks a training experiment; the MLflow 3.17 UI still opens on its GenAI view
+        # (the printed links carry workflowType=machine_learning: slimtune.front)
         return self.client.create_experiment(
             name, artifact_location=location,
             tags={"mlflow.experimentKind": "custom_model_development"})

@@ -6,6 +6,7 @@ Debian's ``chromium`` (``apt-get install -y chromium``); skipped without it.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,39 @@ def test_printed_links_open_the_front_in_the_mlflow_ui(tmp_path):
         table = _dom(here(links.table_url))
         assert "View as table" in table and "pareto_front.json" in table
         assert f"{front[0].accuracy}" in table
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optuna_dashboard") is None,
+                    reason="optuna-dashboard (extra 'dashboard') is not installed")
+def test_dashboard_serves_the_study_on_localhost_only(tmp_path):
+    import optuna
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                study_name="tiny-abc", directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("prune.g", 0, 0.5), t.suggest_int("bits.a", 8, 32)),
+                   n_trials=4)
+    port = _free_port()
+    slimtune = Path(sys.executable).with_name("slimtune")
+    server = subprocess.Popen([str(slimtune), "dashboard", str(tmp_path), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(60):
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                              timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("slimtune dashboard did not answer in 30 s")
+        assert "tiny-abc" in page
+        if shutil.which("ss"):  # bound to the loopback address only
+            listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"],
+                                       capture_output=True, text=True).stdout
+            assert listening.split()[3] == f"127.0.0.1:{port}", listening
     finally:
         server.terminate()
         server.wait(timeout=30)
