@@ -146,6 +146,7 @@ def chart_svg(points: Sequence[ChartPoint], *, budget_ms: float, title: str) -> 
              "baseline")
     trials = {p.trial_id for p in points if p.kind not in ("baseline", "reference")}
     named = {p.trial_id for p in points if p.kind == "reference"}
+    best_ids = {p.trial_id for p in points if p.best}  # a trial id, or none
     for kind in order:
         for p in points:
             if p.kind != kind:
@@ -156,7 +157,8 @@ def chart_svg(points: Sequence[ChartPoint], *, budget_ms: float, title: str) -> 
             labelled = kind == "reference" or (kind in ("front", "front_other")
                                                and p.trial_id not in named)
             if labelled and p.accuracy is not None:
-                text = p.label + (" best" if p.best else "")
+                best = p.best or p.trial_id in best_ids
+                text = p.label + (" best" if best else "")
                 out.append(f'<text x="{sx(p.latency_ms) + 10:.1f}" y="{y - 6:.1f}" '
                            f'font-size="10">{html.escape(text)}</text>')
     ly = _T + 6

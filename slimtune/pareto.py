@@ -288,11 +288,13 @@ def plot_pareto(
         ys = [p.accuracy for p in stairs] + [stairs[-1].accuracy]
         ax.step(xs, ys, where="post", color="#d62728", linewidth=1.4, zorder=2)
     named = {p.trial_id for p in points if p.kind == "reference"}
+    best_ids = {p.trial_id for p in points if p.best}  # a trial id, or none
     for p in points:
         labelled = p.kind == "reference" or (p.kind in ("front", "front_other")
                                              and p.trial_id not in named)
         if labelled and p.accuracy is not None:
-            ax.annotate(p.label + (" best" if p.best else ""), (p.latency_ms, p.accuracy),
+            best = p.best or p.trial_id in best_ids
+            ax.annotate(p.label + (" best" if best else ""), (p.latency_ms, p.accuracy),
                         fontsize=7, xytext=(8, 5),
                         textcoords="offset points")
     ax.axvline(budget_ms, color="tab:orange", linestyle="--", label=f"budget {budget_ms:.3g} ms")
