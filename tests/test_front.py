@@ -148,6 +148,10 @@ def test_export_cli_takes_a_registry_uri(job, tmp_path, capsys):
                  "--out", str(tmp_path / "p")])
     assert code == 2
     assert "models:/nope/1" in capsys.readouterr().err.splitlines()[-1]
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["export", "models:/x/1", "--tracking-uri", missing, "--out", "o"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_register_as_is_checked_in_the_spec(tmp_path):

@@ -74,13 +74,16 @@ def _export_registered(args: argparse.Namespace) -> int:
     import os
 
     from slimtune.registry import export_registered
-    from slimtune.tracking import check_tracking_uri
+    from slimtune.tracking import check_tracking_uri, sqlite_path
 
     if args.trial is not None or args.format != "onnx":
         raise UserInputError("a registry URI names one model: --trial and --format "
                              "compressed go with a job's output directory")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
     check_tracking_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store there
+        raise UserInputError(f"no MLflow store at {db} (pass --tracking-uri)")
     for path in export_registered(args.dir, uri, args.out):
         print(path)
     return 0
