@@ -341,6 +341,9 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
 
 def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],
             base: dict, budget: float, start: float, search_seconds: float) -> JobOutcome:
+    from slimtune.front import publish_front
+    from slimtune.pareto import reference_points
+
     front = pareto_front(results, spec.objectives)
     best = best_feasible(results)
     hv = normalized_hypervolume(front, budget_ms=budget, baseline_size_bytes=base["size_bytes"])
@@ -354,7 +357,8 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
         "front": [r.to_dict() for r in front]})
     plot_pareto(results, front, out_dir / "pareto.png", budget_ms=budget,
                 baseline_accuracy=base["accuracy"], baseline_latency_ms=base["latency_ms"],
-                title=f"{spec.name}: {spec.search.searcher}, {len(results)} trials")
+                title=f"{spec.name}: {spec.search.searcher}, {len(results)} trials",
+                references=reference_points(results), baseline_size_bytes=base["size_bytes"])
     if best is not None:
         copy_trial(out_dir, best.trial_id, out_dir / "best")
     parent = tracker.parent_id
@@ -373,6 +377,7 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
                                                          "trials.jsonl")])
     if best is not None:
         tracker.log_artifacts(parent, sorted((out_dir / "best").iterdir()), subdir="best")
+    publish_front(tracker, parent, results, front, best, out_dir, spec, base, budget_ms=budget)
     if spec.metric_groups:
         _report(out_dir, tracker, parent)
     wall = time.perf_counter() - start

@@ -4,7 +4,10 @@
 DIR/job.yaml            the spec as resolved (defaults filled in)
 DIR/trials.jsonl        one JSON object a trial, appended as trials finish
 DIR/pareto.json         the non-dominated feasible trials, plus baseline and budget
-DIR/pareto.png          accuracy vs measured latency, the front and the budget
+DIR/pareto.png          accuracy vs measured latency: the 2-D staircase, size-only front
+                        points, over-budget/failed trials greyed, budget, baseline, references
+DIR/pareto.html         the same chart, self-contained, with hover details and the front table
+DIR/mlflow.json         the MLflow UI links and logged/registered models (slimtune.front)
 DIR/best/               policy.json, model.onnx, model.pt of the best feasible trial
 DIR/baseline/           the uncompressed model as deployed (model.onnx)
 DIR/trials/ID/          each feasible trial's policy.json, model.onnx, model.pt

@@ -395,10 +395,26 @@ class AgentSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    """The MLflow store. ``MLFLOW_TRACKING_URI`` overrides ``uri``."""
+    """The MLflow store. ``MLFLOW_TRACKING_URI`` overrides ``uri``.
+
+    ``log_models``: which trials' models are logged as MLflow models (ONNX flavour) at the
+    end of a job: the ``best`` feasible one (default), every ``front`` one, or ``none``.
+    ``register_as``: the registered model they become versions of (the best gets the
+    alias ``best``); unset, they are logged on their runs without registering.
+    """
 
     uri: str = "sqlite:///mlruns.db"
     experiment: str | None = None
+    log_models: Literal["best", "front", "none"] = "best"
+    register_as: str | None = Field(default=None, min_length=1, max_length=200,
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @model_validator(mode="after")
+    def _register_needs_models(self) -> TrackingSpec:
+        if self.register_as and self.log_models == "none":
+            raise ValueError("register_as needs a model to register: set log_models to "
+                             "best or front")
+        return self
 
 
 class JobSpec(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slimtune.front import read_links
 from slimtune.job import JobOutcome
 from slimtune.tracking import absolute_uri, ui_command
 
@@ -77,4 +78,16 @@ def print_summary(outcome: JobOutcome) -> None:
     print(f"trials:     {out / 'trials.jsonl'}")
     print(f"MLflow:     {absolute_uri(outcome.tracking_uri)}  (experiment run "
           f"{outcome.parent_run_id})")
+    links = read_links(out)
+    for model in links.models if links else []:
+        if model.get("registered"):
+            print(f"registered: {model['registered']}  (trial {model['trial']}"
+                  f"{', alias best' if model.get('best') else ''})")
     print(f"MLflow UI:  {ui_command(outcome.tracking_uri)}")
+    if links is not None:  # MLflow 3 opens on its GenAI view: these open the training runs
+        print(f"  then open the job's trials: {links.runs_url}")
+        print(f"  its Pareto front only:      {links.front_url}")
+        print(f"  the front as a chart:       {links.chart_url}")
+        print("    (Add chart > Scatter chart, X axis latency_ms, Y axis accuracy)")
+        print(f"  the front table:            {links.table_url}")
+        print(f"  the parent run (artifacts): {links.parent_url}")

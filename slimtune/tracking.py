@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import flat_metrics
@@ -80,6 +81,48 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
+def ui_base(uri: str) -> str:
+    """The address of the MLflow UI for this store: the server itself, or the local
+    ``mlflow ui`` that :func:`ui_command` starts."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def runs_url(uri: str, experiment_id: str, search_filter: str = "", *,
+             order_by: str = "", ascending: bool = True, chart: bool = False) -> str:
+    """The MLflow 3 UI address of an experiment's runs table, filtered.
+
+    ``workflowType=machine_learning`` opens the "Model training" view: without it MLflow 3
+    opens on its GenAI overview (traces), where training runs do not show.
+    """
+    query = {"workflowType": "machine_learning"}
+    if search_filter:
+        query["searchFilter"] = search_filter
+    if order_by:
+        query.update(orderByKey=order_by, orderByAsc=str(ascending).lower())
+    if chart:
+        query["compareRunsMode"] = "CHART"
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The MLflow 3 UI address of one run (its metrics, tags and artifacts), or of one of
+    its artifacts opened in the artifact viewer."""
+    path = f"/artifactPath/{quote(artifact)}" if artifact else ""
+    return (f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}{path}"
+            "?workflowType=machine_learning")
+
+
+def children_filter(parent_run_id: str) -> str:
+    return f"tags.mlflow.parentRunId = '{parent_run_id}'"
+
+
+def front_filter(parent_run_id: str) -> str:
+    """The runs-table filter that lists a job's Pareto front (tagged by publish_front)."""
+    return f"tags.`slimtune.pareto` = 'true' and {children_filter(parent_run_id)}"
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail early, with one line, on a store we cannot write to."""
     db = sqlite_path(uri)
@@ -123,7 +166,8 @@ class Tracker:
             return found.experiment_id
         db = sqlite_path(self.uri)
         location = (db.parent / "mlartifacts" / name).as_uri() if db is not None else None
-        # "custom_model_development" makes the MLflow 3 UI open the training-runs view
+        # marks a training experiment; the MLflow 3.17 UI still opens on its GenAI view
+        # (the printed links carry workflowType=machine_learning: slimtune.front)
         return self.client.create_experiment(
             name, artifact_location=location,
             tags={"mlflow.experimentKind": "custom_model_development"})
@@ -163,6 +207,8 @@ class Tracker:
             self.client.log_artifact(run_id, op["path"], artifact_path=op["subdir"])
         elif kind == "update_run":
             self.client.update_run(run_id, status=op["status"])
+        elif kind == "log_table":
+            self.client.log_table(run_id, data=op["data"], artifact_file=op["artifact_file"])
         else:
             raise ValueError(f"unknown MLflow journal op {kind!r}")
         return None
@@ -279,6 +325,11 @@ class Tracker:
     def log_artifacts(self, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
         for path in paths:
             self._do("log_artifact", run_id, path=str(path), subdir=subdir)
+
+    def log_table(self, run_id: str, data: Mapping[str, list], artifact_file: str) -> None:
+        """A table (columns of JSON values) the MLflow UI renders, as a run artifact."""
+        self._do("log_table", run_id, data={k: list(v) for k, v in data.items()},
+                 artifact_file=artifact_file)
 
     def end(self, run_id: str, status: str) -> None:
         self._do("set_terminated", run_id, status=status, time=int(time.time() * 1000))

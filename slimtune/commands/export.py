@@ -1,5 +1,9 @@
 """``slimtune export DIR --out OUT``: copy a trial's compressed model out of a job.
 
+``DIR`` may also be a model registry URI (``models:/NAME/VERSION``, ``models:/NAME@best``):
+the registered model's ``model.onnx`` and the trial files logged with it are written
+(``--tracking-uri``, default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.db``).
+
 ``--format compressed`` writes one Deep Compression container file instead
 (``slimtune.deep_compression``: sparse, shared weights, Huffman-coded, SHA-256 checked)
 with the trial policy's per-layer sparsity and clusters, or ``--sparsity``/``--clusters``
@@ -20,7 +24,10 @@ ORDER = 30
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", type=Path, help="output directory of a job")
+    p.add_argument("dir", help="output directory of a job, or a registry URI "
+                   "models:/NAME/VERSION (or models:/NAME@best)")
+    p.add_argument("--tracking-uri", help="with a registry URI: the MLflow store "
+                   "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     p.add_argument("--trial", type=int, help="trial id (default: the best feasible trial)")
     p.add_argument("--out", required=True, type=Path,
                    help="directory to write into (--format compressed: the file to write)")
@@ -37,7 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimtune.outputs import copy_trial
+    from slimtune.registry import is_registry_uri
 
+    if is_registry_uri(args.dir):
+        return _export_registered(args)
+    if args.tracking_uri is not None:
+        raise UserInputError("--tracking-uri goes with a models:/ registry URI")
+    args.dir = Path(args.dir)
     trial = args.trial
     if trial is None:
         pareto = args.dir / "pareto.json"
@@ -53,6 +66,25 @@ def run(args: argparse.Namespace) -> int:
     if args.sparsity is not None or args.clusters is not None:
         raise UserInputError("--sparsity and --clusters go with --format compressed")
     for path in copy_trial(args.dir, trial, args.out):
+        print(path)
+    return 0
+
+
+def _export_registered(args: argparse.Namespace) -> int:
+    import os
+
+    from slimtune.registry import export_registered
+    from slimtune.tracking import check_tracking_uri, sqlite_path
+
+    if args.trial is not None or args.format != "onnx":
+        raise UserInputError("a registry URI names one model: --trial and --format "
+                             "compressed go with a job's output directory")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    check_tracking_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store there
+        raise UserInputError(f"no MLflow store at {db} (pass --tracking-uri)")
+    for path in export_registered(args.dir, uri, args.out):
         print(path)
     return 0
 
