@@ -157,6 +157,11 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
     start = time.perf_counter()
     out_dir = out_dir.resolve()  # Ray workers run in directories of their own
     protocol = protocol or MeasureProtocol()
+    if resume and searcher is None and uses_scoring(spec):
+        raise UserInputError(
+            f"--resume continues a search.evaluator: finetune job; this one scores "
+            f"candidates ({spec.search.evaluator}): run it again without --resume (its "
+            "baseline, latency table and supernet are cached and not redone)")
     if resume:
         check_resume(out_dir, spec)
     else:

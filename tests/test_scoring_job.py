@@ -66,3 +66,13 @@ def test_bad_scoring_settings_are_refused_before_compute(tmp_path, capsys, secti
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_resume_of_a_scoring_job_is_refused_in_one_line(tmp_path, capsys):
+    job = write_job(tmp_path, **SCORING)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["run", str(job), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without --resume" in err[0]
+    assert not any(out.iterdir())
