@@ -45,8 +45,17 @@ for port in ports:
     try:
         conn = http.client.HTTPConnection(host, port, timeout=5)
         conn.request("GET", "/api/version")
-        status = conn.getresponse().status
-        out[port] = ["refuses" if status in (401, 403) else "answers", f"HTTP {status}"]
+        response = conn.getresponse()
+        status, body = response.status, response.read(65536)
+        # a Prometheus exposition (any path of prometheus_client's server) is read-only
+        metrics = b"# HELP" in body or b"# TYPE" in body
+        if status == 200 and not metrics:
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", "/metrics")
+            body = conn.getresponse().read(65536)
+            metrics = b"# HELP" in body or b"# TYPE" in body
+        out[port] = ["refuses" if status in (401, 403) else "answers",
+                     f"HTTP {status}" + (" (Prometheus metrics only)" if metrics else "")]
         continue
     except (http.client.HTTPException, OSError):
         pass
