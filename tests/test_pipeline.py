@@ -100,15 +100,15 @@ def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_p
     assert not {r.policy.key() for r in out} & set(measured_keys)
 
 
-def test_measurement_order_times_the_score_front_first():
-    def row(i, score, ms):
-        return TrialResult(trial_id=i, policy=Policy(prune={"a": i / 10}), state="ok",
+def test_measurement_order_times_the_best_scores_first_each_policy_once():
+    def row(i, score, ms, ratio=None):
+        return TrialResult(trial_id=i, policy=Policy(prune={"a": ratio if ratio is not None
+                                                           else i / 10}), state="ok",
                            stage="scored", score=score, predicted_latency_ms=ms)
 
-    rows = [row(0, 0.5, 5.0), row(1, 0.9, 9.0), row(2, 0.4, 9.5), row(3, 0.7, 4.0)]
-    order = [r.trial_id for r in measurement_order(rows)]
-    assert order[:2] == [1, 3]  # the non-dominated pair, best score first
-    assert order[-1] == 2  # dominated by both of them
+    rows = [row(0, 0.5, 5.0), row(1, 0.9, 9.0), row(2, 0.4, 9.5), row(3, 0.7, 4.0),
+            row(4, 0.9, 9.0, ratio=0.1)]  # 4 repeats 1's policy
+    assert [r.trial_id for r in measurement_order(rows)] == [1, 3, 0, 2]
 
 
 def _stats(medians: list[float]) -> LatencyStats:

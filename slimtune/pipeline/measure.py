@@ -71,23 +71,13 @@ def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,
 
 
 def measurement_order(rows: Sequence[TrialResult]) -> list[TrialResult]:
-    """Scored, predicted-feasible rows in successive Pareto layers of (score up,
-    predicted latency down), best score first within a layer: the front of the scores
-    is timed before the candidates it dominates."""
-    left = [r for r in rows if r.state == "ok" and r.score is not None]
+    """Scored, predicted-feasible rows, best score first, each policy once: the
+    candidates the final stage would take are timed first (a candidate that a looser
+    screen admitted is re-screened with the margin learnt by then)."""
     seen: set[str] = set()
-    left = [r for r in left if not (r.policy.key() in seen or seen.add(r.policy.key()))]
-    order: list[TrialResult] = []
-    while left:
-        layer = [r for r in left if not any(
-            o.score >= r.score and o.predicted_latency_ms <= r.predicted_latency_ms
-            and (o.score > r.score or o.predicted_latency_ms < r.predicted_latency_ms)
-            for o in left)]
-        layer.sort(key=lambda r: -r.score)
-        order.extend(layer)
-        ids = {id(r) for r in layer}
-        left = [r for r in left if id(r) not in ids]
-    return order
+    ranked = sorted((r for r in rows if r.state == "ok" and r.score is not None),
+                    key=lambda r: (-(r.score or 0.0), r.predicted_latency_ms or 0.0))
+    return [r for r in ranked if not (r.policy.key() in seen or seen.add(r.policy.key()))]
 
 
 def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: Screen, *,
