@@ -199,7 +199,7 @@ class Tracker:
         if kind == "log_batch":
             self.client.log_batch(
                 run_id, params=[Param(k, v) for k, v in op["params"]],
-                metrics=[Metric(k, v, op["time"], 0) for k, v in op["metrics"]],
+                metrics=[Metric(k, v, op["time"], op.get("step", 0)) for k, v in op["metrics"]],
                 tags=[RunTag(k, v) for k, v in op["tags"]])
         elif kind == "set_terminated":
             self.client.set_terminated(run_id, op["status"], end_time=op["time"])
@@ -287,12 +287,15 @@ class Tracker:
             max_results=10_000)
 
     def log(self, run_id: str, *, params: Mapping[str, Any] = {},
-            metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {}) -> None:
+            metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {},
+            step: int = 0) -> None:
+        """``step``: a later stage of the same run (a scoring search's final figures after
+        its measured ones) logs its metrics at a higher step, which MLflow shows."""
         param_list = [(k, str(v)) for k, v in params.items()]
         for i in range(0, max(len(param_list), 1), _BATCH):
             chunk = param_list[i:i + _BATCH]
             first = i == 0
-            self._do("log_batch", run_id, params=chunk, time=0,
+            self._do("log_batch", run_id, params=chunk, time=0, step=step,
                      metrics=[(k, float(v)) for k, v in metrics.items()] if first else [],
                      tags=[(k, str(v)) for k, v in tags.items()] if first else [])
 
@@ -309,7 +312,7 @@ class Tracker:
         self.log(run_id, params=params)
         return run_id
 
-    def end_trial(self, run_id: str, result: TrialResult) -> None:
+    def end_trial(self, run_id: str, result: TrialResult, *, step: int = 0) -> None:
         metrics = {k: v for k, v in trial_metrics(result).items() if v is not None}
         tags = {"feasible": str(result.feasible).lower(), "state": result.state,
                 "stage": result.stage}
@@ -319,7 +322,7 @@ class Tracker:
             tags["error"] = result.error[:5000]
         if result.violations:
             tags["violations"] = ",".join(result.violations)
-        self.log(run_id, metrics=metrics, tags=tags)
+        self.log(run_id, metrics=metrics, tags=tags, step=step)
         self.end(run_id, "FAILED" if result.state == "failed" else "FINISHED")
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:

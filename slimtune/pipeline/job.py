@@ -108,8 +108,8 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
             runs[row.trial_id] = tracker.start_trial(row.trial_id, params, row.searcher)
             row = replace(row, mlflow_run_id=runs[row.trial_id])
         append_trial(out_dir, row)
-        if row.stage != "scored":
-            tracker.end_trial(runs[row.trial_id], row)
+        if row.stage != "scored":  # the final figures land one step after the measured
+            tracker.end_trial(runs[row.trial_id], row, step=int(row.stage == "final"))
             if tracker.degraded:
                 tracker.sync()
 
