@@ -31,6 +31,11 @@ class Screen:
     predict_ms: Callable[[Policy], float]
     budget_ms: float
     ratios: list[float] = field(default_factory=list)
+    # refits the predictor on this job's (policy, measured ms) points, so its per-layer
+    # terms learn what a single margin cannot (int8 on narrow layers is slower here);
+    # None: only the margin learns
+    refit: Callable[[list[tuple[Policy, float]]], None] | None = None
+    measured: list[tuple[Policy, float]] = field(default_factory=list)
 
     def correction(self) -> float:
         """The QUANTILE of the last WINDOW measured/predicted ratios (1 before any),
@@ -49,6 +54,9 @@ class Screen:
 
     def record(self, policy: Policy, measured_ms: float) -> None:
         """Learn from a measurement of ``policy`` (in the budget's units)."""
-        raw = self.predict_ms(policy)
+        raw = self.predict_ms(policy)  # before the refit: an out-of-sample error
         if raw > 0 and measured_ms > 0:
             self.ratios.append(measured_ms / raw)
+            self.measured.append((policy, measured_ms))
+            if self.refit is not None:
+                self.refit(list(self.measured))

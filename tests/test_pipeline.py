@@ -178,3 +178,19 @@ def test_job_builds_the_supernet_evaluator_from_the_spec(tmp_path):
     model = ev.model(policy)
     full = sum(p.numel() for p in ctx.baseline_model().parameters())
     assert sum(p.numel() for p in model.parameters()) < 0.6 * full
+
+
+def test_screen_refits_the_predictor_on_each_measurement():
+    coef = {"a": 1.0}
+    calls: list[int] = []
+
+    def refit(points):
+        calls.append(len(points))
+        coef["a"] = sum(m for _, m in points) / len(points) / 10.0
+
+    screen = Screen(lambda p: 10.0 * coef["a"], budget_ms=11.0, refit=refit)
+    screen.record(Policy(), 12.0)
+    screen.record(Policy(), 12.0)
+    assert calls == [1, 2]
+    assert screen.ratios[0] == pytest.approx(1.2)  # measured against the pre-refit figure
+    assert screen.ratios[1] == pytest.approx(1.0)  # the refit predictor already knew

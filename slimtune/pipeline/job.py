@@ -80,7 +80,12 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
     predictor = build_predictor(ctx.spec, baseline, ctx.table, progress=say,
                                 calibration_x=calib)
     say(predictor.describe())
-    return Screen(predictor.predict_ms, budget_ms)
+    calibration = list(predictor.calibration)
+
+    def refit(points: list) -> None:  # the job's paired figures count three times
+        predictor.coef = predictor._solve(calibration + 3 * points)
+
+    return Screen(predictor.predict_ms, budget_ms, refit=refit)
 
 
 def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
