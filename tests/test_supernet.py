@@ -31,13 +31,7 @@ def round_to_of(name: str) -> int:
     return 4 if name == "resnext_tiny" else 1  # grouped convs of 4: keep multiples of 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine, two threads per test run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

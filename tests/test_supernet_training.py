@@ -33,13 +33,7 @@ RATIOS = (0.0, 0.5, 0.75)
 RECIPE = SandwichRecipe(steps=6, batch_size=32, lr=0.05, n_random=2, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine, two threads per test run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
