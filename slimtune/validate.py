@@ -87,4 +87,12 @@ def validate_job(spec: JobSpec) -> str:
             f"{len(table.layers)} layers) on {spec.data.describe()} ({len(data.train)}/"
             f"{len(data.val)}/{len(data.test)} train/val/test, {data.num_classes} classes, "
             f"input {'x'.join(map(str, data.input_shape))}), budget {budget} on "
-            f"{spec.target.runtime}, {spec.search.trials} trials of {spec.search.searcher}")
+            f"{spec.target.runtime}, {_search(spec)}")
+
+
+def _search(spec: JobSpec) -> str:
+    s = spec.search
+    if s.evaluator == "finetune":
+        return f"{s.trials} trials of {s.searcher}"
+    return (f"{s.candidates} candidates of {s.searcher} scored by {s.evaluator}, the best "
+            f"{s.trials} timed, the top {spec.finalize.top_k} fine-tuned")
