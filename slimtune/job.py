@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,10 +89,9 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]
-    with tempfile.TemporaryDirectory(prefix="slimtune-preflight-") as tmp:
-        # timed interleaved, round by round: a load burst slows the baseline and the
-        # fastest models alike instead of deciding the budget check by itself
-        measured = _measure_policies(ctx, model, policies, Path(tmp))
+    # timed interleaved, round by round: a load burst slows the baseline and the fastest
+    # models alike instead of deciding the budget check by itself
+    measured = _measure_policies(ctx, model, policies)
     baseline_ms = measured[0]
     fastest = list(zip(measured[1:], policies[1:], strict=True))
     fastest_ms, fastest_policy = min(fastest, key=lambda t: t[0])
@@ -106,21 +104,15 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy)
 
 
-def _measure_policies(ctx: TrialContext, model, policies: list[Policy], tmp: Path) -> list[float]:
-    """Median latency of each policy's architecture, measured interleaved on the target."""
-    from slimtune.compress import compressed_structure
-    from slimtune.targets import measure_many_on_target
+def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[float]:
+    """Median latency of each policy's architecture, measured interleaved on the target
+    (int8 calibrated on training examples, as trials are)."""
+    from slimtune.predictor import measure_policies
 
-    subjects = []
-    for i, policy in enumerate(policies):
-        pruned = compressed_structure(model, ctx.table, policy, round_to=ctx.spec.space.round_to)
-        with machine_lock("shared"):
-            deployed = deploy(ctx, pruned, policy, tmp / f"p{i}.onnx")
-        subjects.append((deployed.onnx_path or deployed.model, ctx.data.input_shape))
-    t = ctx.spec.target
-    stats = measure_many_on_target(t.name, subjects, runtime=t.runtime, batch_size=t.batch_size,
-                                   threads=t.threads, protocol=ctx.protocol, interleave=True)
-    return [s.median_ms for s in stats]
+    calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+    stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,
+                             protocol=ctx.protocol, interleave=True)
+    return [st.median_ms for st in stats]
 
 
 def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from slimtune.evaluate.registry import DEFAULT_OBJECTIVES, OBJECTIVES
 from slimtune.policy import FLOAT_BITS, Policy
-from slimtune.result import TrialResult
+from slimtune.result import REFERENCE_LABELS, TrialResult
 
 _OWN = ("accuracy", "latency_ms", "size_bytes", "macs", "params")  # TrialResult fields
 
@@ -188,8 +188,7 @@ def reference_points(results: Sequence[TrialResult]) -> list[Reference]:
         bits = set(p.bits.values())
         ratios = {v for v in p.prune.values() if v > 0}
         if r.reference:  # a scoring search's own reference rows say what they are
-            label = {"int8": "int8 only", "uniform": "uniform pruning"}.get(r.reference,
-                                                                            r.reference)
+            label = REFERENCE_LABELS.get(r.reference, r.reference)
         elif bits == {8} and not ratios:
             label = "int8 only"
         elif bits <= {FLOAT_BITS} and len(ratios) == 1:

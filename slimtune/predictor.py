@@ -428,6 +428,11 @@ class LatencyPredictor:
                 pairs.append((max(float(self.features(policy) @ coef), 1e-6), measured))
             self.loo_report = error_report(pairs)
 
+    def refit(self, job_points: Sequence[tuple[Policy, float]], *, weight: int = 3) -> None:
+        """Refit the terms on the calibration plus a job's own measurements (counted
+        ``weight`` times); the calibration and its error report stay as they were."""
+        self.coef = self._solve(self.calibration + weight * list(job_points))
+
     def describe(self) -> str:
         """One line: what it is and how well it predicted its own calibration policies."""
         t = self.spec.target

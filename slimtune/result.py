@@ -9,6 +9,9 @@ from typing import Any
 from slimtune.evaluate.registry import METRIC_KEYS
 from slimtune.policy import Policy
 
+#: what ``TrialResult.reference`` names, as people say it
+REFERENCE_LABELS = {"int8": "int8 only", "uniform": "uniform pruning"}
+
 
 @dataclass(frozen=True)
 class TrialResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slimtune.front import read_links
 from slimtune.job import JobOutcome
+from slimtune.result import REFERENCE_LABELS as REFERENCE_NAMES
 from slimtune.tracking import absolute_uri, ui_command
 
 
@@ -24,7 +25,6 @@ def front_table(outcome: JobOutcome) -> str:
                      for row in rows)
 
 
-REFERENCE_NAMES = {"int8": "int8 only", "uniform": "uniform pruning"}
 
 
 def reference_lines(outcome: JobOutcome) -> list[str]:

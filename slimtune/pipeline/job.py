@@ -80,12 +80,7 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
     predictor = build_predictor(ctx.spec, baseline, ctx.table, progress=say,
                                 calibration_x=calib)
     say(predictor.describe())
-    calibration = list(predictor.calibration)
-
-    def refit(points: list) -> None:  # the job's paired figures count three times
-        predictor.coef = predictor._solve(calibration + 3 * points)
-
-    return Screen(predictor.predict_ms, budget_ms, refit=refit)
+    return Screen(predictor.predict_ms, budget_ms, refit=predictor.refit)
 
 
 def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,

@@ -11,7 +11,6 @@ from typing import Any
 from slimtune.compress import compressed_structure, count_macs_params, packed_size_bytes
 from slimtune.latency import machine_lock
 from slimtune.paired import PairedLatency, measure_paired, scaled
-from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.screening import Screen
 from slimtune.trial import TrialContext, deploy
@@ -82,8 +81,7 @@ def measurement_order(rows: Sequence[TrialResult]) -> list[TrialResult]:
 
 def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: Screen, *,
                        count: int, baseline: Any, budget: Budget,
-                       on_row: Callable[[TrialResult], None],
-                       skip: Callable[[Policy], bool] = lambda p: False) -> list[TrialResult]:
+                       on_row: Callable[[TrialResult], None]) -> list[TrialResult]:
     """Time up to ``count`` candidates in :func:`measurement_order`, re-screening each
     with the margin the measurements so far have taught; each measurement is recorded
     by the screen. Returns the ``measured`` rows."""
@@ -91,7 +89,7 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
     for row in measurement_order(rows):
         if len(measured) >= count:
             break
-        if skip(row.policy) or not screen.admits(row.policy):
+        if not screen.admits(row.policy):
             continue
         done = measure_candidate(ctx, row, baseline, budget)
         screen.record(row.policy, done.latency_ms or 0.0)
