@@ -78,11 +78,10 @@ def test_train_apply_and_warm_start_flow(tmp_path, capsys):
     assert (out / "layers.json").is_file() and (out / "pareto.json").is_file()
     assert json.loads((out / "pareto.json").read_text())["budget_ms"] > 0
 
-    # the same budget in ms (a fraction would move with the baseline's measurement noise);
-    # the agent's policy is trial 0 (which one depends on the measurements it is checked by)
-    budget_ms = json.loads((out / "pareto.json").read_text())["budget_ms"]
+    # a loose budget: on a 0.15 ms model the baseline's noise alone moves a tight one below
+    # the fastest model the space allows, which preflight refuses; the agent's policy is trial 0
     warm = write_job(tmp_path, "warm.yaml", model={"arch": "tiny_concat"},
-                     budget={"latency_ms": budget_ms}, target={"batch_size": 16},
+                     budget={"latency_fraction": 0.97}, target={"batch_size": 16},
                      search={"searcher": "tpe", "trials": 2, "warm_start_from": str(agent)})
     out2 = tmp_path / "warm"
     capsys.readouterr()
