@@ -51,20 +51,26 @@ def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult
 
 
 def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialResult],
-                    baseline: Any, budget: Budget, on_row) -> list[TrialResult]:
+                    baseline: Any, budget: Budget, on_row, *,
+                    references: Evaluator | None = None) -> list[TrialResult]:
     """Each candidate's final stage as a Ray task (``target.threads`` CPUs each, at most
-    ``search.concurrency`` at once); a task that raises gives a ``failed`` row."""
+    ``search.concurrency`` at once); a task that raises gives a ``failed`` row.
+
+    Reference rows start from ``references``' network when given (the plainly pruned
+    baseline, as a user pruning by hand would), searched rows from ``evaluator``'s."""
     import ray
 
     task = ray.remote(num_cpus=float(ctx.spec.target.threads),
                       max_retries=ctx.spec.search.max_failures)(_finalize_task)
-    ctx_ref, ev_ref = ray.put(ctx), ray.put(evaluator)
+    ctx_ref, searched_ref = ray.put(ctx), ray.put(evaluator)
+    plain_ref = ray.put(references) if references is not None else searched_ref
     done: list[TrialResult] = []
     pending = list(rows)
     running: dict[Any, TrialResult] = {}
     while pending or running:
         while pending and len(running) < ctx.spec.search.concurrency:
             row = pending.pop(0)
+            ev_ref = plain_ref if row.reference else searched_ref
             running[task.remote(ctx_ref, ev_ref, row, baseline, budget)] = row
         ready, _ = ray.wait(list(running), num_returns=1)
         row = running.pop(ready[0])

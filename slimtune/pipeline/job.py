@@ -35,18 +35,24 @@ from slimtune.trial import TrialContext
 CANDIDATES_FILE = "candidates.jsonl"
 
 
+def plain_evaluator(ctx: TrialContext, baseline: nn.Module) -> Evaluator:
+    """EagleEye's adaptive-BN evaluator on the plainly pruned baseline (``bn_recal``)."""
+    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+
+    spec = ctx.spec
+    settings = ScoreSettings(recal_batches=spec.scoring.recal_batches,
+                             batch_size=spec.scoring.batch_size, val_size=spec.scoring.val_size)
+    return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
+                            round_to=spec.space.round_to, settings=settings,
+                            threads=spec.target.threads)
+
+
 def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
                     say: Callable[[str], None]) -> Evaluator:
     """The spec's ``search.evaluator`` for this baseline and space."""
     spec = ctx.spec
-    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
-
-    settings = ScoreSettings(recal_batches=spec.scoring.recal_batches,
-                             batch_size=spec.scoring.batch_size, val_size=spec.scoring.val_size)
     if spec.search.evaluator == "bn_recal":
-        return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
-                                round_to=spec.space.round_to, settings=settings,
-                                threads=spec.target.threads)
+        return plain_evaluator(ctx, baseline)
     import torch
 
     from slimtune.evaluators.supernet import SandwichRecipe, SupernetEvaluator
@@ -115,7 +121,8 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
 
     search = ScoringSearch(ctx=ctx, space=space, searcher=searcher, evaluator=evaluator,
                            screen=screen, budget=budget, baseline=reference, on_row=on_row,
-                           say=say)
+                           say=say, references_start=None if evaluator.name == "bn_recal"
+                           else plain_evaluator(ctx, baseline))
     try:
         rows = run_scoring_search(search)
     finally:

@@ -38,6 +38,9 @@ class ScoringSearch:
     budget: Budget
     baseline: Any  # the baseline as deployed (.onnx), the pair of every measurement
     on_row: Callable[[TrialResult], None]  # every new or advanced row (trials.jsonl, MLflow)
+    # where the references' fine-tune starts (None: ``evaluator``'s network); a supernet
+    # search hands them the plainly pruned baseline, as a user pruning by hand has it
+    references_start: Evaluator | None = None
     say: Callable[[str], None] = lambda _m: None
     rows: dict[int, TrialResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -82,7 +85,8 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     t3 = time.perf_counter()
     s.say(f"finalize: {len(finals)} models fine-tuned "
           f"({len(winners)} searched, {len(finals) - len(winners)} references)")
-    finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record)
+    finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
+                    references=s.references_start)
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
 
