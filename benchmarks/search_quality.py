@@ -38,6 +38,8 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
     data["budget"] = {"latency_fraction": fraction}
     data["search"].update(searcher=searcher, evaluator=evaluator, seed=seed,
                           candidates=args.candidates)
+    if args.skip_blocks:
+        data["space"]["skip_blocks"] = True
     if evaluator == "finetune":
         data["search"].update(trials=args.finetune_trials, warm_start="uniform")
     data["tracking"] = {"uri": f"sqlite:///{(args.out / 'mlruns.db').resolve()}",
@@ -51,7 +53,8 @@ def compare(args) -> None:
         for seed in args.seeds:
             for evaluator in args.evaluators:
                 for searcher in args.searchers:
-                    name = f"{args.arch}-{evaluator}-{searcher}-f{fraction}-s{seed}"
+                    depth = "-depth" if args.skip_blocks else ""
+                    name = f"{args.arch}{depth}-{evaluator}-{searcher}-f{fraction}-s{seed}"
                     spec = parse_spec(_job(args, name=name, fraction=fraction,
                                            searcher=searcher, evaluator=evaluator, seed=seed))
                     start = time.perf_counter()
@@ -149,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["compare", "fidelity"])
     ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--skip-blocks", action="store_true",
+                    help="elastic depth: residual blocks may be dropped (space.skip_blocks)")
     ap.add_argument("--searchers", nargs="+", default=["tpe"])
     ap.add_argument("--evaluators", nargs="+", default=["bn_recal"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from slimtune.depth import drop_blocks
 from slimtune.errors import UserInputError
 from slimtune.layers import (
     ChannelGroup,
@@ -49,6 +50,10 @@ def check_policy(table: LayerTable, policy: Policy) -> None:
     if policy.model_signature and policy.model_signature != table.signature():
         raise PolicyError(f"policy was made for model {policy.model_signature}, "
                           f"this model is {table.signature()}")
+    layer_names = [li.name for li in table.layers]
+    unknown = sorted(b for b in policy.skip if not any(n.startswith(b + ".") for n in layer_names))
+    if unknown:
+        raise PolicyError(f"policy skips blocks holding no layer: {', '.join(unknown)}")
     unknown = sorted(set(policy.prune) - {g.name for g in table.groups})
     if unknown:
         raise PolicyError(f"policy prunes unknown channel groups: {', '.join(unknown)}")
@@ -206,7 +211,8 @@ def _grouped_conv_order(model: nn.Module, table: LayerTable,
 def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
                     example_input: torch.Tensor | None = None,
                     keep_order: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
-    """A copy of ``model`` with the policy's channels removed; weights not quantized.
+    """A copy of ``model`` with the policy's channels removed and its ``skip`` blocks
+    dropped (``nn.Identity``); weights not quantized.
 
     Also rebuilds a pruned architecture, to ``load_state_dict`` saved pruned weights into.
     ``keep_order`` maps a group's name to a ranking of all its root-layer channels, most
@@ -232,7 +238,7 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
         _set_heads(pruned, table, plan)
         _check_runs(model, pruned, table, plan, _example(model, table, example_input),
                     round_to, keep_order)
-    return pruned
+    return drop_blocks(pruned, policy.skip)
 
 
 def compressed_structure(model: nn.Module, table: LayerTable, policy: Policy, *,

@@ -82,10 +82,7 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
-                                   round_to=spec.space.round_to, sparsity=spec.space.sparsity,
-                                   clusters=spec.space.clusters, rank=spec.space.rank,
-                                   recipe=spec.space.recipe)
+    space = SearchSpace.for_spec(spec.space, table, model)
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]

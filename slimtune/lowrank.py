@@ -82,11 +82,15 @@ def layer_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
     """The conv/linear modules that implement table layer ``name`` in ``model``, by module
     name: ``{name: layer}``, or ``{name.0: first, name.1: second}`` when factorised.
 
-    The one place that knows how a factorised layer looks; PolicyError when ``model`` has
-    no such layer (the table was built from another model).
+    The one place that knows how a factorised layer looks; ``{}`` when the layer's block
+    was dropped; PolicyError when ``model`` has no such layer (the table was built from
+    another model).
     """
     from slimtune.compress import PolicyError
+    from slimtune.depth import is_dropped
 
+    if is_dropped(model, name):  # its block was dropped: nothing implements it
+        return {}
     try:
         m = model.get_submodule(name) if name else None
     except AttributeError:

@@ -169,6 +169,8 @@ def policy_summary(policy: Policy) -> str:
                          ("low-rank", policy.rank)):
         if values:
             parts.append(f"{name} x{len(values)}")
+    if policy.skip:
+        parts.append(f"{len(policy.skip)} blocks dropped ({', '.join(policy.skip)})")
     if policy.recipe:
         parts.append("recipe " + ",".join(f"{k}={v}" for k, v in policy.recipe.items()))
     return "; ".join(parts)

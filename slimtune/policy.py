@@ -46,8 +46,18 @@ class Policy:
     # the fine-tune recipe this policy was sampled with (``distill``, ``temperature``,
     # ``alpha``); a missing name means the job spec's ``finetune`` value
     recipe: Mapping[str, float | bool] = field(default_factory=dict)
+    # elastic depth (slimtune.depth): the residual blocks dropped, by module name; the
+    # per-layer choices of layers inside them are dropped with them
+    skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        skip = tuple(sorted({str(b) for b in self.skip}))
+        object.__setattr__(self, "skip", skip)
+        if skip:
+            for name in ("prune", "bits", "sparsity", "clusters", "rank"):
+                kept = {k: v for k, v in getattr(self, name).items()
+                        if not any(k.startswith(b + ".") for b in skip)}
+                object.__setattr__(self, name, kept)
         for name, ratio in self.prune.items():
             if not 0.0 <= float(ratio) < 1.0:
                 raise ValueError(f"prune ratio of {name!r} must be in [0, 1), got {ratio}")
@@ -91,8 +101,8 @@ class Policy:
                           sort_keys=True)
 
     def _deep(self) -> dict[str, dict[str, Any]]:
-        """The Deep Compression, low-rank and recipe keys, only when set (older policies
-        read and key as before)."""
+        """The Deep Compression, low-rank, recipe and depth keys, only when set (older
+        policies read and key as before)."""
         out: dict[str, dict[str, Any]] = {}
         if self.sparsity:
             out["sparsity"] = dict(self.sparsity)
@@ -102,6 +112,8 @@ class Policy:
             out["rank"] = dict(self.rank)
         if self.recipe:
             out["recipe"] = dict(self.recipe)
+        if self.skip:
+            out["skip"] = list(self.skip)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +123,7 @@ class Policy:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         unknown = set(data) - {"prune", "bits", "model_signature", "sparsity", "clusters",
-                               "rank", "recipe"}
+                               "rank", "recipe", "skip"}
         if unknown:
             raise ValueError(f"unknown policy keys: {sorted(unknown)}")
         return cls(prune=dict(data.get("prune", {})), bits=dict(data.get("bits", {})),
@@ -119,7 +131,8 @@ class Policy:
                    sparsity=dict(data.get("sparsity", {})),
                    clusters=dict(data.get("clusters", {})),
                    rank=dict(data.get("rank", {})),
-                   recipe=dict(data.get("recipe", {})))
+                   recipe=dict(data.get("recipe", {})),
+                   skip=tuple(data.get("skip", ())))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

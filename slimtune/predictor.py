@@ -40,12 +40,18 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from slimtune.baseline import cache_dir
+from slimtune.depth import under
 from slimtune.latency import MeasureProtocol
 from slimtune.layers import LayerInfo, LayerTable
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
+
+#: the predicted dimensions: widths, bit-widths and depth (Deep Compression, low rank and
+#: the recipe do not change a layer's configuration)
+_PLAIN = {"sparsity": (), "clusters": (), "rank": (), "distill": (), "temperature": (),
+          "alpha": ()}
 
 LUT_VERSION = 3  # 3: entries are the fastest of interleaved rounds
 #: One-layer models are fast; a lighter protocol keeps building the table to about a minute.
@@ -376,6 +382,8 @@ class LatencyPredictor:
         fp32 = int8_sum = 0.0
         fp32_act = int8_act = 0
         for li in self._layers:
+            if under(li.name, policy.skip):  # its block is dropped: it costs nothing
+                continue
             s = shapes[li.name]
             int8 = self._int8(policy, li.name)
             ms = self._layer_ms(li, s.in_channels, s.out_channels, s.groups, int8)
@@ -466,8 +474,9 @@ class LatencyPredictor:
         ``calibration_policies`` random policies of the job's space (seeded).
         """
         say = progress or (lambda _msg: None)
-        space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
-                                       round_to=spec.space.round_to)
+        space = SearchSpace.for_spec(
+            spec.space.model_copy(update=_PLAIN),
+            table, model)
         cmap = ChannelMap.probe(model, table, round_to=spec.space.round_to)
         lut = LayerLUT.for_spec(spec, lut_protocol)
         predictor = cls(spec, table, cmap, _padding(model, table), lut, [])
@@ -601,8 +610,9 @@ def predictor_report(predictor: LatencyPredictor, model: nn.Module, n: int, *, s
                      protocol: MeasureProtocol = MODEL_PROTOCOL) -> PredictorReport:
     """Measure ``n`` random policies (not the calibration ones) and compare with predictions."""
     spec, table = predictor.spec, predictor.table
-    space = SearchSpace.from_table(table, spec.space.prune_ratios, spec.space.bits,
-                                   round_to=spec.space.round_to)
+    space = SearchSpace.for_spec(
+        spec.space.model_copy(update=_PLAIN),
+        table, model)
     seen = {p.key() for p, _ in predictor.calibration}
     policies = [p for p in random_policies(space, n * 2, seed=seed + 7919)
                 if p.key() not in seen][:n]

@@ -230,6 +230,9 @@ class SpaceSpec(_Strict):
     distill: tuple[bool, ...] = ()
     temperature: tuple[float, ...] = ()
     alpha: tuple[float, ...] = ()
+    # elastic depth (slimtune.depth): each droppable residual block a skip.<block>
+    # dimension; off keeps the depth fixed
+    skip_blocks: bool = False
 
     @field_validator("rank")
     @classmethod

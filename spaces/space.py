@@ -10,7 +10,8 @@ parameter dicts (what Optuna samples) and Policies.
 
 When ``space.rank`` lists fractions, low-rank factorisation adds ``rank.<layer>`` (the
 fraction of the layer's rank kept; 1.0 = not factorised) for the layers where it can
-save MACs.
+save MACs. When ``space.skip_blocks`` is on, elastic depth adds ``skip.<block>`` (1 = the
+block is dropped) for each droppable block (:mod:`slimtune.depth`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from torch import nn
 
 from slimtune.compress import group_kept
+from slimtune.depth import droppable_blocks
 from slimtune.layers import LayerTable
 from slimtune.lowrank import worthwhile_fractions
 from slimtune.policy import Policy
+from slimtune.spec import SpaceSpec
 
 PRUNE = "prune."
 BITS = "bits."
@@ -31,6 +35,7 @@ SPARSITY = "sparsity."
 CLUSTERS = "clusters."
 RANK = "rank."
 RECIPE = "recipe."
+SKIP = "skip."
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class SearchSpace:
     # fine-tune hyperparameters searched (``recipe.distill``, ...); empty: none, a trial
     # uses the spec's ``finetune`` values
     recipe: Mapping[str, tuple[float | bool, ...]] = field(default_factory=dict)
+    # droppable blocks (``skip.<block>``: 0 keeps it, 1 drops it); empty: depth is fixed
+    skip: tuple[str, ...] = ()
 
     @classmethod
     def from_table(
@@ -63,6 +70,7 @@ class SearchSpace:
         *, round_to: int = 1, sparsity: tuple[float, ...] = (), clusters: tuple[int, ...] = (),
         rank: tuple[float, ...] = (),
         recipe: Mapping[str, tuple[float | bool, ...]] | None = None,
+        blocks: tuple[str, ...] = (),
     ) -> SearchSpace:
         ratios = {}
         for group in table.groups:
@@ -78,12 +86,24 @@ class SearchSpace:
                    sparsity={n: sparsity_choices for n in names if sparsity_choices},
                    clusters={n: cluster_choices for n in names if cluster_choices},
                    rank=_rank_choices(table, rank),
-                   recipe={k: tuple(v) for k, v in (recipe or {}).items() if v})
+                   recipe={k: tuple(v) for k, v in (recipe or {}).items() if v},
+                   skip=tuple(blocks))
+
+    @classmethod
+    def for_spec(cls, spec: SpaceSpec, table: LayerTable,
+                 model: nn.Module | None = None) -> SearchSpace:
+        """The job's space: the spec's ``space`` section over ``table``; droppable blocks
+        are found on ``model`` when ``space.skip_blocks`` is on."""
+        blocks = droppable_blocks(model, table) if spec.skip_blocks and model is not None \
+            else ()
+        return cls.from_table(table, spec.prune_ratios, spec.bits, round_to=spec.round_to,
+                              sparsity=spec.sparsity, clusters=spec.clusters, rank=spec.rank,
+                              recipe=spec.recipe, blocks=blocks)
 
     @property
     def dimensions(self) -> int:
         return len(self.ratios) + len(self.bits) + len(self.sparsity) + len(self.clusters) \
-            + len(self.recipe) + len(self.rank)
+            + len(self.recipe) + len(self.rank) + len(self.skip)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Optuna distributions, one categorical per dimension."""
@@ -100,6 +120,8 @@ class SearchSpace:
             dists[RANK + layer] = CategoricalDistribution(choices)
         for name, choices in self.recipe.items():
             dists[RECIPE + name] = CategoricalDistribution(choices)
+        for block in self.skip:
+            dists[SKIP + block] = CategoricalDistribution((0, 1))
         return dists
 
     def policy_from_params(self, params: Mapping[str, float | int]) -> Policy:
@@ -114,8 +136,15 @@ class SearchSpace:
         rank = {k.removeprefix(RANK): float(v) for k, v in params.items()
                 if k.startswith(RANK) and float(v) < 1.0}
         recipe = {k.removeprefix(RECIPE): v for k, v in params.items() if k.startswith(RECIPE)}
+        skip = tuple(k.removeprefix(SKIP) for k, v in params.items()
+                     if k.startswith(SKIP) and int(v) == 1)
+        # a group whose every layer sits in a dropped block has no channels left to prune
+        gone = {g.name for g in self.table.groups
+                if skip and all(any(n.startswith(b + ".") for b in skip) for n in g.layers)}
+        prune = {g: r for g, r in prune.items() if g not in gone}
         return Policy(prune=prune, bits=bits, model_signature=self.table.signature(),
-                      sparsity=sparsity, clusters=clusters, recipe=recipe, rank=rank)
+                      sparsity=sparsity, clusters=clusters, recipe=recipe, rank=rank,
+                      skip=skip)
 
     def params_from_policy(self, policy: Policy) -> dict[str, float | int]:
         params: dict[str, float | int] = {}
@@ -132,6 +161,8 @@ class SearchSpace:
         for name in self.recipe:  # only what the policy sets: unset means the spec's value
             if name in policy.recipe:
                 params[RECIPE + name] = policy.recipe[name]
+        for block in self.skip:
+            params[SKIP + block] = int(block in policy.skip)
         return params
 
     def contains(self, policy: Policy) -> bool:
@@ -153,12 +184,13 @@ class SearchSpace:
 
     def most_aggressive(self) -> list[Policy]:
         """The smallest model the space allows, once per bit-width (the fastest is one);
-        every layer with rank choices at its smallest rank."""
+        every layer with rank choices at its smallest rank, every droppable block dropped."""
         all_bits = sorted({b for choices in self.bits.values() for b in choices})
         return [self.policy_from_params(
             {**{PRUNE + g: max(rs) for g, rs in self.ratios.items()},
              **{BITS + layer: b for layer in self.bits},
-             **{RANK + layer: min(fs) for layer, fs in self.rank.items()}}) for b in all_bits]
+             **{RANK + layer: min(fs) for layer, fs in self.rank.items()},
+             **{SKIP + block: 1 for block in self.skip}}) for b in all_bits]
 
 
 def _rank_choices(table: LayerTable, fractions: tuple[float, ...]) -> dict[str, tuple[float, ...]]:

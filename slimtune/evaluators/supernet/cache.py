@@ -65,6 +65,8 @@ def supernet_key(baseline: nn.Module, table: LayerTable, space: SearchSpace,
                 "bits": {n: list(b) for n, b in sorted(space.bits.items())},
                 "order": {g: list(o) for g, o in sorted(order.items())},
                 "recipe": dict(sorted(recipe.items()))}
+    if space.skip:  # elastic depth trains other sub-networks; without it keys are as before
+        features["skip"] = list(space.skip)
     return hashlib.sha256(json.dumps(features, sort_keys=True).encode()).hexdigest()[:16]
 
 

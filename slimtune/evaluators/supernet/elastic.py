@@ -236,6 +236,7 @@ class MaskedSupernet(nn.Module):
                        for sites in self._sites.values() for s in sites}
         self._masks: dict[tuple[str, str], torch.Tensor] = {}
         self._kept = {g.name: g.channels for g in table.groups}
+        self._skip: tuple[str, ...] = ()  # blocks dropped: each outputs its input
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attach()
 
@@ -251,11 +252,17 @@ class MaskedSupernet(nn.Module):
         """The current sub-network: channels kept per group."""
         return dict(self._kept)
 
-    def set_policy(self, policy: Policy) -> MaskedSupernet:
-        return self.set(self.kept_of(policy))
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """The current sub-network's dropped blocks."""
+        return self._skip
 
-    def set(self, kept: Mapping[str, int]) -> MaskedSupernet:
-        """Pick the sub-network keeping ``kept[group]`` channels (missing: all)."""
+    def set_policy(self, policy: Policy) -> MaskedSupernet:
+        return self.set(self.kept_of(policy), skip=policy.skip)
+
+    def set(self, kept: Mapping[str, int], *, skip: tuple[str, ...] = ()) -> MaskedSupernet:
+        """Pick the sub-network keeping ``kept[group]`` channels (missing: all), with the
+        ``skip`` blocks dropped (each passes its input through, as ``nn.Identity``)."""
         full = {g.name: g.channels for g in self.table.groups}
         unknown = sorted(set(kept) - set(full))
         if unknown:
@@ -282,6 +289,12 @@ class MaskedSupernet(nn.Module):
         self._masks.clear()  # in place: the hooks hold this dict
         self._masks.update((k, v.to(device)) for k, v in masks.items())
         self._kept = new
+        if tuple(sorted(skip)) != self._skip:
+            self._skip = tuple(sorted(skip))
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self._attach()
         return self
 
     def largest(self) -> MaskedSupernet:
@@ -305,6 +318,8 @@ class MaskedSupernet(nn.Module):
             else:
                 hook = m.register_forward_hook(_OutMask(self._masks, name, _channel_dim(m)))
             self._handles.append(hook)
+        for name in self._skip:
+            self._handles.append(modules[name].register_forward_hook(_passthrough))
 
     @contextmanager
     def quantized(self, policy: Policy) -> Iterator[MaskedSupernet]:
@@ -357,10 +372,16 @@ class MaskedSupernet(nn.Module):
         # the kept counts as exact ratios: with round_to 1, group_kept gives them back
         sub = Policy(prune={g.name: 1.0 - self._kept[g.name] / g.channels
                             for g in self.table.groups if self._kept[g.name] < g.channels},
-                     model_signature=self.table.signature())
+                     model_signature=self.table.signature(), skip=self._skip)
         with self.detached() as model:
             return prune_structure(model, self.table, sub, round_to=1,
                                    keep_order=self.order).eval()
+
+
+def _passthrough(_module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                 _output: torch.Tensor) -> torch.Tensor:
+    """A dropped block's output: its input, as the extracted ``nn.Identity`` gives."""
+    return inputs[0]
 
 
 def _width(module: nn.Module, side: str) -> int:

@@ -76,20 +76,21 @@ def largest_policy(space: SearchSpace) -> Policy:
 
 
 def smallest_policy(space: SearchSpace, *, quantize: bool = True) -> Policy:
-    """Every group at its largest prune ratio; with ``quantize``, every layer at its
-    lowest bit-width (else 32)."""
+    """Every group at its largest prune ratio, every droppable block dropped; with
+    ``quantize``, every layer at its lowest bit-width (else 32)."""
     bits = {f"bits.{n}": min(bs) if quantize else 32 for n, bs in space.bits.items()}
     return space.policy_from_params({**{f"prune.{g}": max(rs) for g, rs in space.ratios.items()},
-                                     **bits})
+                                     **bits, **{f"skip.{b}": 1 for b in space.skip}})
 
 
 def random_policy(space: SearchSpace, rng: random.Random, *, quantize: bool = True) -> Policy:
-    """One ratio per group and (with ``quantize``) one bit-width per layer, uniform over
-    the space's choices."""
+    """One ratio per group, (with ``quantize``) one bit-width per layer and each droppable
+    block kept or dropped, uniform over the space's choices."""
     params: dict[str, float | int] = {f"prune.{g}": rng.choice(rs)
                                       for g, rs in sorted(space.ratios.items())}
     if quantize:
         params.update((f"bits.{n}", rng.choice(bs)) for n, bs in sorted(space.bits.items()))
+    params.update((f"skip.{b}", rng.choice((0, 1))) for b in space.skip)
     return space.policy_from_params(params)
 
 
