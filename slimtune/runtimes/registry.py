@@ -5,6 +5,7 @@ from __future__ import annotations
 from slimtune.errors import UserInputError
 from slimtune.runtimes.base import Runtime
 from slimtune.runtimes.onnxruntime_cpu import OnnxRuntime
+from slimtune.runtimes.openvino_cpu import OpenVinoRuntime
 from slimtune.runtimes.torch_eager import TorchRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {}
@@ -28,5 +29,5 @@ def get_runtime(name: str) -> Runtime:
     return RUNTIMES[name]()
 
 
-for _builtin in (OnnxRuntime, TorchRuntime):
+for _builtin in (OnnxRuntime, TorchRuntime, OpenVinoRuntime):
     register(_builtin)
