@@ -155,7 +155,7 @@ def test_an_openvino_target_runs_a_trial(tmp_path):
     assert result.latency["runtime"] == "openvino" and result.latency_ms > 0
 
 
-def test_openvino_missing_is_one_line_with_the_install_hint(monkeypatch):
+def test_openvino_missing_is_one_line_with_the_install_hint(tmp_path, monkeypatch):
     import sys
 
     from slimtune.errors import UserInputError
@@ -163,6 +163,11 @@ def test_openvino_missing_is_one_line_with_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(UserInputError, match=r"slimtune\[openvino\]"):
         get_runtime("openvino").versions()
+    from slimtune.validate import check_inputs
+
+    spec = parse_spec(tiny_job(tmp_path, target={"runtime": "openvino"}))
+    with pytest.raises(UserInputError, match=r"^the openvino runtime needs OpenVINO: pip"):
+        check_inputs(spec)  # before any data or model is loaded
 
 
 def test_openvino_refuses_a_module():
