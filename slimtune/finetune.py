@@ -48,7 +48,7 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
         stack.enter_context(finetune_compressed(model, table, policy))
         if ft.qat:
             stack.enter_context(quantization_aware(
-                model, table, policy, include_8bit=spec.target.runtime == "torch"))
+                model, table, policy, include_8bit=not spec.target.backend.int8))
         hints = None
         if distill_from is not None and ft.hint_weight > 0:
             hints = stack.enter_context(feature_hints(

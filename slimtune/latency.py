@@ -3,7 +3,8 @@
 A latency number is only meaningful with how it was taken, so `LatencyStats` carries the
 spread, the per-round medians and the settings next to the median. Timing happens under an
 exclusive machine lock that training phases of every slimtune process take shared, so nothing
-else computes on this machine while we time.
+else computes on this machine while we time. The runtimes themselves (`Runtime`, `RUNTIMES`)
+live in `slimtune.runtimes`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ import os
 import tempfile
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import nn
 
 from slimtune.errors import UserInputError
-from slimtune.export import onnx_session
+from slimtune.runtimes import (  # noqa: F401 - Runtime, RUNTIMES and the classes re-exported
+    RUNTIMES,
+    OnnxRuntime,
+    Runtime,
+    TorchRuntime,
+    get_runtime,
+)
 
 LOCK_DIR_ENV = "SLIMTUNE_LOCK_DIR"
 LOCK_FILE_NAME = "slimtune-machine.lock"
@@ -85,95 +90,6 @@ class MeasureProtocol:
 
 
 DEFAULT_PROTOCOL = MeasureProtocol()
-
-
-class Runtime(ABC):
-    """Plug-in point for a target device/runtime: how to run one forward pass there.
-
-    Subclass it, set `name`, implement `prepare`, and register it in `RUNTIMES` under that name.
-    """
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def prepare(
-        self,
-        model: Path | nn.Module,
-        input_shape: tuple[int, ...],
-        batch_size: int,
-        threads: int,
-    ) -> Callable[[], None]:
-        """Load `model` and return a zero-arg callable running ONE forward on a fixed random
-        batch of shape (batch_size, *input_shape) with `threads` threads."""
-
-    def context(self, threads: int) -> contextlib.AbstractContextManager[None]:
-        """Process-wide settings that must hold while the prepared callable runs (default none)."""
-        return contextlib.nullcontext()
-
-
-class OnnxRuntime(Runtime):
-    """ONNX Runtime on CPU, configured exactly like `slimtune.export.onnx_session`."""
-
-    name = "onnxruntime"
-
-    def prepare(
-        self,
-        model: Path | nn.Module,
-        input_shape: tuple[int, ...],
-        batch_size: int,
-        threads: int,
-    ) -> Callable[[], None]:
-        if isinstance(model, nn.Module):
-            raise UserInputError("the onnxruntime runtime measures an .onnx file, not a module")
-        session = onnx_session(Path(model), threads=threads)
-        x = np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)
-        feed = {session.get_inputs()[0].name: x}
-
-        def run_once() -> None:
-            session.run(None, feed)
-
-        return run_once
-
-
-class TorchRuntime(Runtime):
-    """Eager PyTorch on CPU: the module in eval mode, `torch.inference_mode`, `threads` threads."""
-
-    name = "torch"
-
-    def prepare(
-        self,
-        model: Path | nn.Module,
-        input_shape: tuple[int, ...],
-        batch_size: int,
-        threads: int,
-    ) -> Callable[[], None]:
-        if not isinstance(model, nn.Module):
-            raise UserInputError("the torch runtime measures an nn.Module, not a file")
-        model.eval()
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, *input_shape, generator=generator)
-
-        def run_once() -> None:
-            with torch.inference_mode():
-                model(x)
-
-        return run_once
-
-    @contextlib.contextmanager
-    def context(self, threads: int) -> Iterator[None]:
-        """`torch.set_num_threads(threads)` while measuring, restored afterwards."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-
-RUNTIMES: dict[str, type[Runtime]] = {
-    OnnxRuntime.name: OnnxRuntime,
-    TorchRuntime.name: TorchRuntime,
-}
 
 
 class _ProcessLock:
@@ -373,9 +289,7 @@ def measure_model(
     protocol: MeasureProtocol = DEFAULT_PROTOCOL,
 ) -> LatencyStats:
     """Prepare `model_or_path` on the runtime registered as `runtime` and measure it."""
-    if runtime not in RUNTIMES:
-        raise UserInputError(f"unknown runtime {runtime!r}; known: {sorted(RUNTIMES)}")
-    backend = RUNTIMES[runtime]()
+    backend = get_runtime(runtime)
     with backend.context(threads):
         run_once = backend.prepare(model_or_path, input_shape, batch_size, threads)
         return measure_latency(

@@ -44,6 +44,7 @@ from slimtune.depth import under
 from slimtune.latency import MeasureProtocol
 from slimtune.layers import LayerInfo, LayerTable
 from slimtune.policy import Policy, write_text_atomic
+from slimtune.runtimes import get_runtime
 from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
@@ -247,8 +248,9 @@ class LayerLUT:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="slimtune-lut-") as tmp:
             items: list[tuple[Any, tuple[int, ...]]] = []
+            takes_onnx = get_runtime(self.runtime).takes_onnx
             for i, cfg in enumerate(missing.values()):
-                if self.runtime == "torch":
+                if not takes_onnx:
                     items.append((_torch_layer(cfg), cfg.input_shape))
                 else:
                     path = Path(tmp) / f"layer{i}.onnx"
@@ -330,6 +332,7 @@ class LatencyPredictor:
         self.spec, self.table, self.cmap, self.lut = spec, table, cmap, lut
         self.name = name or spec.model.describe()
         self.runtime = spec.target.runtime
+        self._runs_int8 = spec.target.backend.int8
         self._padding = dict(padding)
         self._layers = table.layers
         self._by_layer: dict[tuple[str, int, int, bool], float] = {}
@@ -344,10 +347,10 @@ class LatencyPredictor:
     def _config(self, li: LayerInfo, c_in: int, c_out: int, groups: int, int8: bool) -> LayerConfig:
         return LayerConfig(kind=li.kind, in_channels=c_in, out_channels=c_out, groups=groups,
                            kernel=li.kernel, stride=li.stride, padding=self._padding[li.name],
-                           in_hw=li.in_hw, int8=int8 and self.runtime != "torch")
+                           in_hw=li.in_hw, int8=int8 and self._runs_int8)
 
     def _int8(self, policy: Policy, layer: str) -> bool:
-        return self.runtime != "torch" and policy.bits_of(layer) <= 8
+        return self._runs_int8 and policy.bits_of(layer) <= 8
 
     def configs(self, space: SearchSpace) -> list[LayerConfig]:
         """Every layer configuration ``space`` can produce (deduplicated)."""
@@ -355,7 +358,7 @@ class LatencyPredictor:
         for li in self._layers:
             groups = sorted(set(self.cmap.in_loss[li.name]) | set(self.cmap.out_loss[li.name]))
             choices = [space.ratios.get(g, (0.0,)) for g in groups]
-            bits = {b <= 8 and self.runtime != "torch" for b in space.bits.get(li.name, (32,))}
+            bits = {b <= 8 and self._runs_int8 for b in space.bits.get(li.name, (32,))}
             for ratios in product(*choices):
                 shape = self.cmap.shapes(Policy(prune=dict(zip(groups, ratios, strict=True))))
                 s = shape[li.name]
@@ -591,7 +594,7 @@ def measure_policies(spec: JobSpec, model: nn.Module, table: LayerTable,
                 pruned = compressed_structure(model, table, policy,
                                               round_to=spec.space.round_to)
                 subject: Any = pruned
-                if t.runtime != "torch":
+                if t.backend.takes_onnx:
                     fp32 = export_onnx(pruned, shape, Path(tmp) / f"p{i}.fp32.onnx")
                     subject = quantize_onnx(fp32, Path(tmp) / f"p{i}.onnx",
                                             int8_layers=int8_layers(policy, pruned),

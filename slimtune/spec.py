@@ -26,9 +26,9 @@ from slimtune.evaluate.registry import (
     group_of,
 )
 from slimtune.policy import ALLOWED_BITS, MAX_CLUSTERS, MIN_CLUSTERS
+from slimtune.runtimes import RUNTIMES, Runtime, get_runtime
 
 SEARCHERS = ("tpe", "nsga2", "random", "uniform", "ppo")
-RUNTIMES = ("torch", "onnxruntime")
 BUILTIN_JOBS = ("quickstart",)
 
 
@@ -139,9 +139,16 @@ class TargetSpec(_Strict):
     """Where and how latency is measured."""
 
     name: str = "local"
-    runtime: Literal["torch", "onnxruntime"] = "onnxruntime"
+    runtime: str = "onnxruntime"  # a name in slimtune.runtimes.RUNTIMES
     threads: int = Field(default=2, ge=1, le=1024)
     batch_size: int = Field(default=1, ge=1, le=65_536)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown runtime {v!r}; valid: {', '.join(sorted(RUNTIMES))}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -155,6 +162,11 @@ class TargetSpec(_Strict):
     @property
     def is_local(self) -> bool:
         return self.name == "local"
+
+    @property
+    def backend(self) -> Runtime:
+        """The registered runtime ``runtime`` names: what deploy hands it, how it times."""
+        return get_runtime(self.runtime)
 
 
 class SearchSpec(_Strict):

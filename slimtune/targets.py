@@ -34,8 +34,9 @@ from torch import nn
 
 from slimtune.baseline import cache_dir
 from slimtune.errors import UserInputError
-from slimtune.latency import RUNTIMES, LatencyStats, MeasureProtocol, measure_latency, measure_model
+from slimtune.latency import LatencyStats, MeasureProtocol, measure_latency, measure_model
 from slimtune.policy import write_text_atomic
+from slimtune.runtimes import get_runtime
 
 log = logging.getLogger("slimtune")
 
@@ -135,13 +136,8 @@ def subject_digest(subject: Subject) -> str:
 
 
 def _runtime_versions(runtime: str) -> str:
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        return f"onnxruntime {onnxruntime.__version__}"
-    import torch
-
-    return f"torch {torch.__version__}"
+    """The library version(s) the runtime registered as ``runtime`` reports for the key."""
+    return get_runtime(runtime).versions()
 
 
 def cache_key(digest: str, *, target: str, runtime: str, threads: int, batch_size: int,
@@ -185,7 +181,8 @@ def _read_cache(key: str) -> LatencyStats | None:
 def measure_on_target(target: str, subject: Subject, *, runtime: str,
                       input_shape: Sequence[int], batch_size: int, threads: int,
                       protocol: MeasureProtocol, use_cache: bool = True) -> LatencyStats:
-    """Measure ``subject`` (an .onnx file, or a module for the torch runtime) on ``target``.
+    """Measure ``subject`` (an .onnx file, or a module for a runtime that consumes modules,
+    such as torch) on ``target``.
 
     A cached figure for the same model, target and settings is returned with
     ``cached=True`` instead of measuring again. Raises TargetLostError when a remote target
@@ -256,9 +253,7 @@ def measure_interleaved(items: Sequence[tuple[Subject, Sequence[int]]], *, runti
     a predictor's calibration) need. Each subject's figures: median/p10/p90 are the
     medians over rounds of each round's figure, ``round_medians_ms`` the rounds' medians.
     """
-    backend = RUNTIMES[runtime]() if runtime in RUNTIMES else None
-    if backend is None:
-        raise UserInputError(f"unknown runtime {runtime!r}; known: {sorted(RUNTIMES)}")
+    backend = get_runtime(runtime)
     one_round = replace(protocol, rounds=1)
     per_item: list[list[LatencyStats]] = [[] for _ in items]
     with backend.context(threads):

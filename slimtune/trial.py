@@ -76,7 +76,7 @@ class Deployed:
     """A compressed model in the form the target runs it."""
 
     model: nn.Module
-    onnx_path: Path | None  # None for the torch runtime
+    onnx_path: Path | None  # None for a runtime that consumes the module (torch)
 
     def logits(self, x: torch.Tensor, threads: int) -> torch.Tensor:
         if self.onnx_path is None:
@@ -99,8 +99,9 @@ def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:
 
 
 def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path) -> Deployed:
-    """Export for the target: ONNX (+ int8 QDQ for low-bit layers), or the torch module."""
-    if ctx.spec.target.runtime == "torch":
+    """Export for the target: ONNX (+ int8 QDQ for low-bit layers) for a runtime that takes
+    ONNX, else the torch module."""
+    if not ctx.spec.target.backend.takes_onnx:
         return Deployed(model, None)
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     export_onnx(model, ctx.data.input_shape, fp32)
@@ -188,7 +189,7 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
     spec = ctx.spec
     out.mkdir(parents=True, exist_ok=True)
     with machine_lock("shared"):
-        quantize_weights(model, ctx.table, policy, include_8bit=spec.target.runtime == "torch")
+        quantize_weights(model, ctx.table, policy, include_8bit=not spec.target.backend.int8)
         deployed = deploy(ctx, model, policy, out / "model.onnx")
     latency, ratio, within = timing(deployed)
     with machine_lock("shared"):
@@ -198,7 +199,7 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
         test = accuracy(test_logits, ctx.data.test.y)
         behaviour = evaluate_trial(ctx, deployed, model, policy, test_logits, out)
     save_trial_model(out, model, policy, ctx)
-    if deployed.onnx_path is None:  # torch target: an fp32 ONNX export for deployment
+    if deployed.onnx_path is None:  # module target (torch): an fp32 ONNX export for deployment
         export_onnx(model, ctx.data.input_shape, out / "model.onnx")
     broken = violations({"accuracy": val, **behaviour.metrics}, spec.constraints)
     return dict(state="ok" if within and not broken else "infeasible", stage="final",

@@ -35,6 +35,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         from slimtune.targets import check_local_threads
 
         check_local_threads(spec.target.threads)
+        spec.target.backend.versions()  # its library is installed here, else one line
     data = load_data(spec.data, seed=spec.baseline.seed)
     model = build_model(spec.model, num_classes=data.num_classes,
                         in_channels=data.input_shape[0], input_shape=data.input_shape)

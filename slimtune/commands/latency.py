@@ -115,7 +115,7 @@ def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
            "weights": "spec" if spec.model.weights else "untrained",
            "input_shape": list(data.input_shape), "macs": macs, "params": params,
            "int8_layers": sum(b <= 8 for b in policy.bits.values())
-           if spec.target.runtime != "torch" else 0}
+           if spec.target.backend.int8 else 0}
     t = spec.target
     cached = " (cached: measured earlier with the same model, target and settings)" \
         if stats.cached else ""

@@ -60,7 +60,7 @@ def job_reference(ctx: Any, model: nn.Module, baseline_dir: Path) -> BehaviourRe
     from slimtune.trial import Deployed
 
     onnx = baseline_dir / "model.onnx"
-    deployed = Deployed(model, onnx if ctx.spec.target.runtime == "onnxruntime" else None)
+    deployed = Deployed(model, onnx if ctx.spec.target.backend.takes_onnx else None)
     threads = ctx.spec.target.threads
     ref = baseline_reference(ctx.spec.metric_groups, model=model.eval(),
                              logits_fn=lambda x: deployed.logits(x, threads), data=ctx.data)

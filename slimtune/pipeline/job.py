@@ -100,7 +100,7 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     say(f"evaluator {spec.search.evaluator}: building")
     evaluator = build_evaluator(ctx, baseline, space, say)
     reference: Any = out_dir / "baseline" / "model.onnx"
-    if spec.target.runtime == "torch":
+    if not spec.target.backend.takes_onnx:
         reference = baseline
     runs: dict[int, str] = {}
     progress = ScoringProgress(spec.search.candidates)

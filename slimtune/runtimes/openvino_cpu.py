@@ -1,0 +1,74 @@
+"""OpenVINO on CPU: the same ONNX / QDQ-int8 file ONNX Runtime gets (optional extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimtune.errors import UserInputError
+from slimtune.runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from torch import nn
+
+INSTALL_HINT = "pip install 'slimtune[openvino]'"
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise UserInputError(f"the openvino runtime needs OpenVINO: {INSTALL_HINT}") from None
+    return openvino
+
+
+def compile_config(threads: int) -> dict[str, Any]:
+    """CPU plugin settings: `threads` threads, one stream, latency mode, fp32 kept fp32
+    (on CPUs with bf16 units OpenVINO would otherwise run fp32 layers in bf16)."""
+    return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def compile_onnx(path: Path, input_shape: tuple[int, ...], batch_size: int,
+                 threads: int) -> Any:
+    """``path`` read, reshaped to the static (batch_size, *input_shape) and compiled for CPU
+    with `compile_config`: the model `OpenVinoRuntime` times (an ``openvino.CompiledModel``)."""
+    ov = _openvino()
+    core = ov.Core()
+    graph = core.read_model(str(path))
+    graph.reshape([batch_size, *input_shape])
+    return core.compile_model(graph, "CPU", compile_config(threads))
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO's CPU plugin: the .onnx file reshaped to the static batch and compiled;
+    QDQ layers run as int8 kernels, the others fp32."""
+
+    name = "openvino"
+    consumes = "onnx"
+
+    def versions(self) -> str:
+        return f"openvino {_openvino().__version__}"
+
+    def prepare(
+        self,
+        model: Path | nn.Module,
+        input_shape: tuple[int, ...],
+        batch_size: int,
+        threads: int,
+    ) -> Callable[[], None]:
+        import numpy as np
+        from torch import nn
+
+        if isinstance(model, nn.Module):
+            raise UserInputError("the openvino runtime measures an .onnx file, not a module")
+        ov = _openvino()
+        request = compile_onnx(Path(model), input_shape, batch_size, threads).create_infer_request()
+        x = np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)
+        request.set_input_tensor(ov.Tensor(x))
+
+        def run_once() -> None:
+            request.infer()
+
+        return run_once

@@ -1,0 +1,64 @@
+"""Eager PyTorch on CPU: the module itself, fp32."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimtune.errors import UserInputError
+from slimtune.runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class TorchRuntime(Runtime):
+    """Eager PyTorch on CPU: the module in eval mode, `torch.inference_mode`, `threads` threads.
+
+    No int8 path (eager int8 is not faster than fp32 on CPUs without VNNI): bit-widths are
+    applied to the weights only.
+    """
+
+    name = "torch"
+    consumes = "module"
+
+    def versions(self) -> str:
+        import torch
+
+        return f"torch {torch.__version__}"
+
+    def prepare(
+        self,
+        model: Path | nn.Module,
+        input_shape: tuple[int, ...],
+        batch_size: int,
+        threads: int,
+    ) -> Callable[[], None]:
+        import torch
+        from torch import nn
+
+        if not isinstance(model, nn.Module):
+            raise UserInputError("the torch runtime measures an nn.Module, not a file")
+        model.eval()
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, *input_shape, generator=generator)
+
+        def run_once() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        return run_once
+
+    @contextlib.contextmanager
+    def context(self, threads: int) -> Iterator[None]:
+        """`torch.set_num_threads(threads)` while measuring, restored afterwards."""
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
