@@ -18,9 +18,14 @@ SCORING = {"search": {"searcher": "tpe", "evaluator": "bn_recal", "candidates": 
            "target": {"batch_size": 32}}
 
 
+SUPERNET = {**SCORING, "search": {**SCORING["search"], "evaluator": "supernet"},
+            "supernet": {"steps": 4, "batch_size": 16}}
+
+
 @pytest.mark.slow
-def test_scoring_job_end_to_end(tmp_path, capsys):
-    job = write_job(tmp_path, **SCORING)
+@pytest.mark.parametrize("sections", [SCORING, SUPERNET], ids=["bn_recal", "supernet"])
+def test_scoring_job_end_to_end(tmp_path, capsys, sections):
+    job = write_job(tmp_path, **sections)
     out = tmp_path / "out"
     assert main(["run", str(job), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
