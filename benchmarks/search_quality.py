@@ -108,6 +108,7 @@ def fidelity(args) -> None:
     from slimtune.job import preflight
     from slimtune.pipeline.finalize import final_recipe
     from slimtune.pipeline.job import build_screen
+    from slimtune.pipeline.measure import Budget
     from slimtune.predictor import random_policies
     from slimtune.train import accuracy, predict
     from slimtune.trial import TrialContext
@@ -121,7 +122,8 @@ def fidelity(args) -> None:
     ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.state_dict(),
                        data=prep.data, budget_ms=prep.baseline_ms * args.fractions[0],
                        trials_dir=args.out / "fidelity")
-    screen = build_screen(ctx, baseline, ctx.budget_ms, print)
+    budget = Budget(ms=ctx.budget_ms, fraction=args.fractions[0], baseline_ms=prep.baseline_ms)
+    screen = build_screen(ctx, baseline, budget, print)
     pool = [p for p in random_policies(prep.space, args.policies * 20, seed=7)
             if screen.admits(p)][:args.policies]
     ev = BNRecalEvaluator(baseline, prep.table, prep.data.train, prep.data.val,

@@ -36,6 +36,10 @@ class Screen:
     # None: only the margin learns
     refit: Callable[[list[tuple[Policy, float]]], None] | None = None
     measured: list[tuple[Policy, float]] = field(default_factory=list)
+    # a fractional budget: the job's reference ms of the baseline. Predictions are then
+    # the predictor's ratio to its own baseline, on this scale, so a baseline measured
+    # under load (every figure of the job scaled by it) does not shift the screen
+    scale_ms: float | None = None
 
     def correction(self) -> float:
         """The QUANTILE of the last WINDOW measured/predicted ratios (1 before any),
@@ -45,18 +49,27 @@ class Screen:
             return 1.0
         return float(np.clip(np.quantile(recent, QUANTILE), *BOUNDS))
 
+    def raw_ms(self, policy: Policy) -> float:
+        """The predictor's figure (relative to its baseline on ``scale_ms`` if set)."""
+        ms = self.predict_ms(policy)
+        if self.scale_ms is None:
+            return ms
+        return ms / max(self.predict_ms(Policy()), 1e-9) * self.scale_ms
+
     def predicted_ms(self, policy: Policy) -> float:
         """The predictor's figure times the learnt correction."""
-        return self.predict_ms(policy) * self.correction()
+        return self.raw_ms(policy) * self.correction()
 
     def admits(self, policy: Policy) -> bool:
         return self.predicted_ms(policy) <= self.budget_ms
 
     def record(self, policy: Policy, measured_ms: float) -> None:
         """Learn from a measurement of ``policy`` (in the budget's units)."""
-        raw = self.predict_ms(policy)  # before the refit: an out-of-sample error
+        raw = self.raw_ms(policy)  # before the refit: an out-of-sample error
         if raw > 0 and measured_ms > 0:
             self.ratios.append(measured_ms / raw)
+            if self.scale_ms is not None:  # the predictor learns on its own scale
+                measured_ms *= self.predict_ms(Policy()) / self.scale_ms
             self.measured.append((policy, measured_ms))
             if self.refit is not None:
                 self.refit(list(self.measured))

@@ -59,6 +59,25 @@ def test_screen_learns_its_margin_from_measurements():
     assert not screen.admits(p)
 
 
+def test_a_fractional_screen_is_not_moved_by_a_baseline_measured_under_load():
+    """The predictor says 4 ms for a candidate, 10 ms for the baseline (ratio 0.4); the
+    job's baseline measured 20 ms under load (a quiet machine: 10), so every reported ms
+    doubles. The screen predicts the ratio on that scale: 8 ms against a 9 ms budget."""
+    small = Policy(prune={"g": 0.5})
+
+    def predict(p: Policy) -> float:
+        return 4.0 if p.prune else 10.0
+
+    points: list = []
+    screen = Screen(predict, budget_ms=0.45 * 20.0, scale_ms=20.0, refit=points.extend)
+    assert screen.predicted_ms(small) == pytest.approx(8.0) and screen.admits(small)
+    screen.record(small, 0.42 * 20.0)  # measured paired: ratio 0.42 on the loaded scale
+    assert screen.correction() == pytest.approx(1.05)
+    assert points[-1][1] == pytest.approx(4.2)  # the predictor refits on its own scale
+    absolute = Screen(predict, budget_ms=0.45 * 20.0)  # an ms budget: the figures as they are
+    assert absolute.predicted_ms(small) == pytest.approx(4.0)
+
+
 def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_path,
                                                                             monkeypatch):
     ctx = tiny_trial_context(tmp_path)

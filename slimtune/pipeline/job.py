@@ -76,9 +76,10 @@ def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
     return evaluator
 
 
-def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
+def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
                  say: Callable[[str], None]) -> Screen:
-    """The measured per-layer latency predictor (cached per target) behind the screen."""
+    """The measured per-layer latency predictor (cached per target) behind the screen;
+    for a fractional budget it predicts ratios to the baseline, as the budget is checked."""
     from slimtune.predictor import build_predictor
 
     with machine_lock("shared"):
@@ -86,7 +87,8 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget_ms: float,
     predictor = build_predictor(ctx.spec, baseline, ctx.table, progress=say,
                                 calibration_x=calib)
     say(predictor.describe())
-    return Screen(predictor.predict_ms, budget_ms, refit=predictor.refit)
+    scale = budget.baseline_ms if budget.fraction is not None else None
+    return Screen(predictor.predict_ms, budget.ms, refit=predictor.refit, scale_ms=scale)
 
 
 def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
@@ -96,7 +98,7 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     spec = ctx.spec
     budget = Budget(ms=ctx.budget_ms, fraction=spec.budget.latency_fraction,
                     baseline_ms=float(base_info["latency_ms"]))
-    screen = build_screen(ctx, baseline, budget.ms, say)
+    screen = build_screen(ctx, baseline, budget, say)
     say(f"evaluator {spec.search.evaluator}: building")
     evaluator = build_evaluator(ctx, baseline, space, say)
     reference: Any = out_dir / "baseline" / "model.onnx"
