@@ -16,7 +16,7 @@ from slimtune.pipeline.measure import Budget, measure_candidates, measurement_or
 from slimtune.pipeline.score import LocalPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.screening import Screen
+from slimtune.screening import SLACK, Screen
 from slimtune.search.random_search import RandomSearcher
 from slimtune.spaces import SearchSpace
 from tests.jobs import tiny_trial_context
@@ -78,8 +78,10 @@ def test_a_fractional_screen_is_not_moved_by_a_baseline_measured_under_load():
     assert absolute.predicted_ms(small) == pytest.approx(4.0)
 
 
-def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_path,
-                                                                            monkeypatch):
+def test_scoring_never_scores_or_measures_a_candidate_predicted_beyond_the_slack(
+        tmp_path, monkeypatch):
+    """Nothing predicted past SLACK x the budget is scored or measured; the candidates
+    predicted within budget are measured before the near-boundary ones."""
     ctx = tiny_trial_context(tmp_path)
     space = _space(ctx)
     ev = _evaluator(ctx)
@@ -87,7 +89,7 @@ def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_p
     def predict(policy: Policy) -> float:
         return 1.0 - sum(policy.prune.values()) / max(len(space.ratios), 1)
 
-    screen = Screen(predict, budget_ms=0.85)
+    screen = Screen(predict, budget_ms=0.85 / SLACK)
     scored_policies: list[str] = []
     pool = LocalPool(ev)
     real_score = pool.score
@@ -107,16 +109,18 @@ def test_scoring_never_scores_or_measures_a_predicted_infeasible_candidate(tmp_p
     measured_keys: list[str] = []
 
     def fake_measure(ctx_, row, baseline, budget):
-        measured_keys.append(row.policy.key())
-        return replace(row, stage="measured", state="ok", latency_ms=0.5, latency_ratio=0.5)
+        measured_keys.append(row.policy.key())  # as predicted: the margin stays 1
+        ms = predict(row.policy)
+        return replace(row, stage="measured", state="ok", latency_ms=ms, latency_ratio=ms)
 
     monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
     budget = Budget(ms=0.85, fraction=None, baseline_ms=1.0)
     measured = measure_candidates(ctx, rows, screen, count=100, baseline=None, budget=budget,
                                   on_row=lambda r: None)
-    assert measured and all(predict(space.policy_from_params(
-        space.params_from_policy(r.policy))) <= 0.85 for r in measured)
+    assert measured and all(predict(r.policy) <= 0.85 for r in measured)
     assert not {r.policy.key() for r in out} & set(measured_keys)
+    within = [predict(r.policy) <= 0.85 / SLACK for r in measured]
+    assert any(within) and within == sorted(within, reverse=True)  # strict ones first
 
 
 def test_measurement_order_times_the_best_scores_first_each_policy_once():

@@ -12,7 +12,7 @@ from slimtune.compress import compressed_structure, count_macs_params, packed_si
 from slimtune.latency import machine_lock
 from slimtune.paired import PairedLatency, measure_paired, scaled
 from slimtune.result import TrialResult
-from slimtune.screening import Screen
+from slimtune.screening import SLACK, Screen
 from slimtune.trial import TrialContext, deploy
 
 
@@ -83,16 +83,21 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
                        count: int, baseline: Any, budget: Budget,
                        on_row: Callable[[TrialResult], None]) -> list[TrialResult]:
     """Time up to ``count`` candidates in :func:`measurement_order`, re-screening each
-    with the margin the measurements so far have taught; each measurement is recorded
-    by the screen. Returns the ``measured`` rows."""
+    with the margin the measurements so far have taught: those predicted within budget
+    first, then (if fewer than ``count``) those within ``screening.SLACK`` of it; each
+    measurement is recorded by the screen. Returns the ``measured`` rows."""
     measured: list[TrialResult] = []
-    for row in measurement_order(rows):
-        if len(measured) >= count:
-            break
-        if not screen.admits(row.policy):
-            continue
-        done = measure_candidate(ctx, row, baseline, budget)
-        screen.record(row.policy, done.latency_ms or 0.0)
-        on_row(done)
-        measured.append(done)
+    order = measurement_order(rows)
+    timed: set[int] = set()
+    for slack in (1.0, SLACK):  # predicted within budget first, then near the boundary
+        for row in order:
+            if len(measured) >= count:
+                return measured
+            if row.trial_id in timed or not screen.admits(row.policy, slack=slack):
+                continue
+            done = measure_candidate(ctx, row, baseline, budget)
+            screen.record(row.policy, done.latency_ms or 0.0)
+            on_row(done)
+            measured.append(done)
+            timed.add(row.trial_id)
     return measured

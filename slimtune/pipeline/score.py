@@ -8,7 +8,7 @@ from typing import Any
 from slimtune.evaluators.base import Evaluator
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.screening import Screen
+from slimtune.screening import SLACK, Screen
 from slimtune.search.base import Searcher
 
 OnRow = Callable[[TrialResult], None]
@@ -74,13 +74,14 @@ class LocalPool:
 
 def score_candidates(searcher: Searcher, pool: Any, screen: Screen, *, count: int,
                      first_id: int, batch: int, on_row: OnRow) -> list[TrialResult]:
-    """Ask ``count`` candidates in batches; score the ones the screen admits; tell the
+    """Ask ``count`` candidates in batches; score the ones the screen admits (within
+    ``screening.SLACK`` of the budget: measurement decides near the boundary); tell the
     searcher each score with its predicted latency (a screened-out candidate is told
     infeasible, unscored). Returns one ``scored`` row per candidate, in ask order."""
     rows: list[TrialResult] = []
     while len(rows) < count:
         asked = [searcher.ask() for _ in range(min(batch, count - len(rows)))]
-        admitted = [p for p in asked if screen.admits(p)]
+        admitted = [p for p in asked if screen.admits(p, slack=SLACK)]
         scores = dict(zip([p.key() for p in admitted], pool.score(admitted), strict=True))
         for policy in asked:
             score = scores.get(policy.key())
