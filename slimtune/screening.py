@@ -70,11 +70,14 @@ class Screen:
         """Predicted within ``slack`` times the budget (1: within it)."""
         return self.predicted_ms(policy) <= self.budget_ms * slack
 
-    def record(self, policy: Policy, measured_ms: float) -> None:
-        """Learn from a measurement of ``policy`` (in the budget's units)."""
+    def record(self, policy: Policy, measured_ms: float, *, margin: bool = True) -> None:
+        """Learn from a measurement of ``policy`` (in the budget's units). ``margin=False``
+        (the references: uniform policies, another region of the space than the search's)
+        refits the predictor without moving the margin the searched candidates get."""
         raw = self.raw_ms(policy)  # before the refit: an out-of-sample error
         if raw > 0 and measured_ms > 0:
-            self.ratios.append(measured_ms / raw)
+            if margin:
+                self.ratios.append(measured_ms / raw)
             if self.scale_ms is not None:  # the predictor learns on its own scale
                 measured_ms *= self.predict_ms(Policy()) / self.scale_ms
             self.measured.append((policy, measured_ms))

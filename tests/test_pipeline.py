@@ -74,6 +74,8 @@ def test_a_fractional_screen_is_not_moved_by_a_baseline_measured_under_load():
     screen.record(small, 0.42 * 20.0)  # measured paired: ratio 0.42 on the loaded scale
     assert screen.correction() == pytest.approx(1.05)
     assert points[-1][1] == pytest.approx(4.2)  # the predictor refits on its own scale
+    screen.record(Policy(), 40.0, margin=False)  # a reference: refits, margin unmoved
+    assert screen.correction() == pytest.approx(1.05) and len(points) == 3
     absolute = Screen(predict, budget_ms=0.45 * 20.0)  # an ms budget: the figures as they are
     assert absolute.predicted_ms(small) == pytest.approx(4.0)
 

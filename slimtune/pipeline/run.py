@@ -119,7 +119,7 @@ def _reference_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[
                           predicted_latency_ms=s.screen.predicted_ms(policy),
                           budget_ms=s.budget.ms, searcher=REFERENCE, reference=label)
         row = measure_candidate(s.ctx, row, s.baseline, s.budget)
-        s.screen.record(policy, row.latency_ms or 0.0)
+        s.screen.record(policy, row.latency_ms or 0.0, margin=False)
         s.record(row)
         rows.append(row)
         return row
