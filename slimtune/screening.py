@@ -46,11 +46,17 @@ class Screen:
     # the predictor's ratio to its own baseline, on this scale, so a baseline measured
     # under load (every figure of the job scaled by it) does not shift the screen
     scale_ms: float | None = None
+    # the precision class of each ratio (see ``precision``): the predictor errs apart on
+    # fp32 graphs and on graphs with int8 layers, so each class learns its own margin
+    classes: list[str] = field(default_factory=list)
 
-    def correction(self) -> float:
-        """The QUANTILE of the last WINDOW measured/predicted ratios (1 before any),
-        bounded so one outlier cannot move it far."""
-        recent = self.ratios[-WINDOW:]
+    def correction(self, policy: Policy | None = None) -> float:
+        """The QUANTILE of the last WINDOW measured/predicted ratios of ``policy``'s
+        precision class (all classes when None; 1 before any), bounded so one outlier
+        cannot move it far."""
+        mine = self.ratios if policy is None else [
+            r for r, c in zip(self.ratios, self.classes, strict=True) if c == precision(policy)]
+        recent = mine[-WINDOW:]
         if not recent:
             return 1.0
         return float(np.clip(np.quantile(recent, QUANTILE), *BOUNDS))
@@ -64,7 +70,7 @@ class Screen:
 
     def predicted_ms(self, policy: Policy) -> float:
         """The predictor's figure times the learnt correction."""
-        return self.raw_ms(policy) * self.correction()
+        return self.raw_ms(policy) * self.correction(policy)
 
     def admits(self, policy: Policy, slack: float = 1.0) -> bool:
         """Predicted within ``slack`` times the budget (1: within it)."""
@@ -78,8 +84,14 @@ class Screen:
         if raw > 0 and measured_ms > 0:
             if margin:
                 self.ratios.append(measured_ms / raw)
+                self.classes.append(precision(policy))
             if self.scale_ms is not None:  # the predictor learns on its own scale
                 measured_ms *= self.predict_ms(Policy()) / self.scale_ms
             self.measured.append((policy, measured_ms))
             if self.refit is not None:
                 self.refit(list(self.measured))
+
+
+def precision(policy: Policy) -> str:
+    """``int8`` when some layer runs at 8 bits or fewer (a QDQ graph), else ``fp32``."""
+    return "int8" if any(b <= 8 for b in policy.bits.values()) else "fp32"

@@ -59,6 +59,15 @@ def test_screen_learns_its_margin_from_measurements():
     assert not screen.admits(p)
 
 
+def test_int8_and_fp32_candidates_learn_their_own_margins():
+    fp32, int8 = Policy(prune={"g": 0.5}), Policy(prune={"g": 0.5}, bits={"conv": 8})
+    screen = Screen(lambda p: 10.0, budget_ms=11.0)
+    for _ in range(3):
+        screen.record(int8, 20.0)  # QDQ graphs measured 2x the prediction
+    assert screen.correction(int8) == pytest.approx(2.0) and not screen.admits(int8)
+    assert screen.correction(fp32) == 1.0 and screen.admits(fp32)  # nothing learnt yet
+
+
 def test_a_fractional_screen_is_not_moved_by_a_baseline_measured_under_load():
     """The predictor says 4 ms for a candidate, 10 ms for the baseline (ratio 0.4); the
     job's baseline measured 20 ms under load (a quiet machine: 10), so every reported ms
