@@ -40,6 +40,8 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
                           candidates=args.candidates)
     if args.skip_blocks:
         data["space"]["skip_blocks"] = True
+    if args.bits:
+        data["space"]["bits"] = args.bits
     if evaluator == "finetune":
         data["search"].update(trials=args.finetune_trials, warm_start="uniform")
     data["tracking"] = {"uri": f"sqlite:///{(args.out / 'mlruns.db').resolve()}",
@@ -53,7 +55,8 @@ def compare(args) -> None:
         for seed in args.seeds:
             for evaluator in args.evaluators:
                 for searcher in args.searchers:
-                    depth = "-depth" if args.skip_blocks else ""
+                    depth = ("-depth" if args.skip_blocks else "") + (
+                        "-b" + "_".join(map(str, args.bits)) if args.bits else "")
                     name = f"{args.arch}{depth}-{evaluator}-{searcher}-f{fraction}-s{seed}"
                     spec = parse_spec(_job(args, name=name, fraction=fraction,
                                            searcher=searcher, evaluator=evaluator, seed=seed))
@@ -154,6 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["compare", "fidelity"])
     ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--bits", type=int, nargs="+", default=None,
+                    help="space.bits (default: the quickstart's, 32 and 8)")
     ap.add_argument("--skip-blocks", action="store_true",
                     help="elastic depth: residual blocks may be dropped (space.skip_blocks)")
     ap.add_argument("--searchers", nargs="+", default=["tpe"])
