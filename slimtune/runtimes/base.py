@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 #: what a runtime is handed by the deploy step: the exported ``.onnx`` file (layers at
@@ -53,6 +54,28 @@ class Runtime(ABC):
         """Load `model` and return a zero-arg callable running ONE forward on a fixed random
         batch of shape (batch_size, *input_shape) with `threads` threads."""
 
+    def subject(self, model: Path | nn.Module) -> Path | nn.Module:
+        """``model`` as this runtime consumes it (a Path, or the module); a one-line
+        UserInputError when it is the other kind."""
+        from torch import nn
+
+        from slimtune.errors import UserInputError
+
+        is_module = isinstance(model, nn.Module)
+        if is_module != (self.consumes == "module"):
+            wanted = ("an nn.Module, not a file" if self.consumes == "module"
+                      else "an .onnx file, not a module")
+            raise UserInputError(f"the {self.name} runtime measures {wanted}")
+        return model if is_module else Path(model)
+
     def context(self, threads: int) -> contextlib.AbstractContextManager[None]:
         """Process-wide settings that must hold while the prepared callable runs (default none)."""
         return contextlib.nullcontext()
+
+
+def example_batch(input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
+    """The fixed random batch a runtime times: float32 (batch_size, *input_shape), seed 0."""
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((batch_size, *input_shape),
+                                                    dtype=np.float32)

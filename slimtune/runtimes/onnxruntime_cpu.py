@@ -6,8 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimtune.errors import UserInputError
-from slimtune.runtimes.base import Runtime
+from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,16 +30,10 @@ class OnnxRuntime(Runtime):
         batch_size: int,
         threads: int,
     ) -> Callable[[], None]:
-        import numpy as np
-        from torch import nn
-
         from slimtune.export import onnx_session
 
-        if isinstance(model, nn.Module):
-            raise UserInputError("the onnxruntime runtime measures an .onnx file, not a module")
-        session = onnx_session(Path(model), threads=threads)
-        x = np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)
-        feed = {session.get_inputs()[0].name: x}
+        session = onnx_session(self.subject(model), threads=threads)
+        feed = {session.get_inputs()[0].name: example_batch(input_shape, batch_size)}
 
         def run_once() -> None:
             session.run(None, feed)

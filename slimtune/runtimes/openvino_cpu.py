@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimtune.errors import UserInputError
-from slimtune.runtimes.base import Runtime
+from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,15 +58,10 @@ class OpenVinoRuntime(Runtime):
         batch_size: int,
         threads: int,
     ) -> Callable[[], None]:
-        import numpy as np
-        from torch import nn
-
-        if isinstance(model, nn.Module):
-            raise UserInputError("the openvino runtime measures an .onnx file, not a module")
+        path = self.subject(model)
         ov = _openvino()
-        request = compile_onnx(Path(model), input_shape, batch_size, threads).create_infer_request()
-        x = np.random.default_rng(0).standard_normal((batch_size, *input_shape), dtype=np.float32)
-        request.set_input_tensor(ov.Tensor(x))
+        request = compile_onnx(path, input_shape, batch_size, threads).create_infer_request()
+        request.set_input_tensor(ov.Tensor(example_batch(input_shape, batch_size)))
 
         def run_once() -> None:
             request.infer()

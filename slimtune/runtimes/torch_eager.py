@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimtune.errors import UserInputError
-from slimtune.runtimes.base import Runtime
+from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,13 +36,10 @@ class TorchRuntime(Runtime):
         threads: int,
     ) -> Callable[[], None]:
         import torch
-        from torch import nn
 
-        if not isinstance(model, nn.Module):
-            raise UserInputError("the torch runtime measures an nn.Module, not a file")
+        model = self.subject(model)
         model.eval()
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, *input_shape, generator=generator)
+        x = torch.from_numpy(example_batch(input_shape, batch_size))
 
         def run_once() -> None:
             with torch.inference_mode():
