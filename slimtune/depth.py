@@ -37,6 +37,17 @@ def droppable_blocks(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
     predictor's channel map does): so the block's input and output are one coupled
     stream, and dropping it after any pruning still gives a model that runs.
     """
+    key = (table.signature(), tuple((n, type(m).__name__) for n, m in model.named_modules()))
+    if key not in _FOUND:  # an architecture's answer: preflight and the predictor both ask
+        _FOUND[key] = _droppable(model, table)
+    return _FOUND[key]
+
+
+#: droppable blocks per architecture (table signature and module tree), found once a process
+_FOUND: dict[tuple, tuple[str, ...]] = {}
+
+
+def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
     from slimtune.compress import group_kept, prune_structure
     from slimtune.policy import Policy
 
