@@ -29,7 +29,7 @@ from slimtune.layers import (
 )
 from slimtune.layers import example_input as random_example
 from slimtune.lowrank import factorizable, factorize, layer_modules
-from slimtune.policy import FLOAT_BITS, Policy
+from slimtune.policy import FLOAT_BITS, Policy, under
 
 __all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
            "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
@@ -51,7 +51,7 @@ def check_policy(table: LayerTable, policy: Policy) -> None:
         raise PolicyError(f"policy was made for model {policy.model_signature}, "
                           f"this model is {table.signature()}")
     layer_names = [li.name for li in table.layers]
-    unknown = sorted(b for b in policy.skip if not any(n.startswith(b + ".") for n in layer_names))
+    unknown = sorted(b for b in policy.skip if not any(under(n, [b]) for n in layer_names))
     if unknown:
         raise PolicyError(f"policy skips blocks holding no layer: {', '.join(unknown)}")
     unknown = sorted(set(policy.prune) - {g.name for g in table.groups})

@@ -22,11 +22,9 @@ import torch
 from torch import nn
 
 from slimtune.layers import LayerTable, eval_mode, example_input
+from slimtune.policy import under
 
-
-def under(name: str, blocks: Iterable[str]) -> bool:
-    """Whether module ``name`` lies inside one of ``blocks``."""
-    return any(name.startswith(b + ".") for b in blocks)
+__all__ = ["drop_blocks", "droppable_blocks", "is_dropped", "under"]
 
 
 def droppable_blocks(model: nn.Module, table: LayerTable) -> tuple[str, ...]:

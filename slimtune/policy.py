@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,11 @@ ALLOWED_BITS = (32, 16, 8, 6, 4, 2)
 MIN_CLUSTERS, MAX_CLUSTERS = 2, 256
 #: fine-tune hyperparameters a policy may carry (the searched part of the recipe)
 RECIPE_KEYS = ("distill", "temperature", "alpha")
+
+
+def under(name: str, blocks: Iterable[str]) -> bool:
+    """Whether module ``name`` lies inside one of ``blocks`` (module names)."""
+    return any(name.startswith(b + ".") for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,7 @@ class Policy:
         object.__setattr__(self, "skip", skip)
         if skip:
             for name in ("prune", "bits", "sparsity", "clusters", "rank"):
-                kept = {k: v for k, v in getattr(self, name).items()
-                        if not any(k.startswith(b + ".") for b in skip)}
+                kept = {k: v for k, v in getattr(self, name).items() if not under(k, skip)}
                 object.__setattr__(self, name, kept)
         for name, ratio in self.prune.items():
             if not 0.0 <= float(ratio) < 1.0:

@@ -26,7 +26,7 @@ from slimtune.compress import group_kept
 from slimtune.depth import droppable_blocks
 from slimtune.layers import LayerTable
 from slimtune.lowrank import worthwhile_fractions
-from slimtune.policy import Policy
+from slimtune.policy import Policy, under
 from slimtune.spec import SpaceSpec
 
 PRUNE = "prune."
@@ -140,7 +140,7 @@ class SearchSpace:
                      if k.startswith(SKIP) and int(v) == 1)
         # a group whose every layer sits in a dropped block has no channels left to prune
         gone = {g.name for g in self.table.groups
-                if skip and all(any(n.startswith(b + ".") for b in skip) for n in g.layers)}
+                if skip and all(under(n, skip) for n in g.layers)}
         prune = {g: r for g, r in prune.items() if g not in gone}
         return Policy(prune=prune, bits=bits, model_signature=self.table.signature(),
                       sparsity=sparsity, clusters=clusters, recipe=recipe, rank=rank,
