@@ -1,7 +1,8 @@
 """EpisodeRecorder: an SB3 callback that keeps every finished episode (and logs it).
 
 Each episode is one compressed policy scored by the env; it becomes a TrialResult
-(proxy accuracy as ``accuracy``, measured latency as ``latency_ms``) and, with a
+(proxy accuracy as ``accuracy``, measured latency as ``latency_ms``: None when the
+episode's latency was predicted, see ``env.measure_every``) and, with a
 Tracker, one MLflow child run, like a trial of ``slimtune run``.
 """
 
@@ -21,6 +22,7 @@ def episode_result(number: int, info: dict[str, Any], reward: float) -> TrialRes
         trial_id=number, policy=info["policy"],
         state="ok" if info["feasible"] else "infeasible",
         accuracy=info["proxy_accuracy"], latency_ms=info["measured_latency_ms"],
+        predicted_latency_ms=info.get("predicted_latency_ms"),
         latency=info["latency"], macs=info["macs"], budget_ms=info["budget_ms"],
         searcher="ppo-episode", seconds=info.get("seconds", 0.0),
         metrics=info.get("metrics", {}), violations=tuple(info.get("violations", ())))

@@ -47,8 +47,12 @@ class CompressionEnv(gym.Env):
     ## Rewards
     0 on every step but the last. At the end: the proxy accuracy
     (``env.reward: acc``) or ``-error * log(MACs)`` (``error_log_flops``), minus
-    ``env.infeasible_penalty`` if the measured latency misses the budget or the proxy
-    model breaks one of the spec's ``constraints`` (``info["violations"]``).
+    ``env.infeasible_penalty`` if the latency misses the budget or the proxy
+    model breaks one of the spec's ``constraints`` (``info["violations"]``). The score
+    is the proxy's, or with ``env.evaluator`` the supernet's (or bn_recal's) score of
+    the policy; then one new architecture in ``env.measure_every`` is measured and the
+    others take the predicted latency scaled by the measured/predicted ratio learnt so
+    far (``info["latency_source"]``).
 
     ## Episode end
     Terminates after the last layer; never truncated.
@@ -106,22 +110,29 @@ class CompressionEnv(gym.Env):
         if not b.done:
             return b.observation(), 0.0, False, False, info
         reward, end = self.score(b.policy())
-        predicted = self.problem.predictor.predict_ms(b.policy())
-        self.scorer.record(predicted, end["measured_latency_ms"])
-        end["predicted_latency_ms"] = predicted
+        if end["measured_latency_ms"] is not None:
+            self.scorer.record(end["predicted_latency_ms"], end["measured_latency_ms"])
         end["wall_correction"] = b.correction
         end["clipped_steps"] = sum(d.clipped for d in b.decisions)
         info.update(end)
         return b.observation(), reward, True, False, info
 
-    def score(self, policy: Policy) -> tuple[float, dict[str, Any]]:
-        """The episode-end reward of ``policy`` and what it was made of."""
+    def score(self, policy: Policy, *, measure: bool = False) -> tuple[float, dict[str, Any]]:
+        """The episode-end reward of ``policy`` and what it was made of. Its latency is
+        measured on the target when ``measure`` or when the scorer samples it
+        (``env.measure_every``); otherwise it is the prediction times the learnt
+        measured/predicted ratio (``latency_source`` says which)."""
         p = self.problem
-        latency = self.scorer.latency(policy)
+        predicted = p.predictor.predict_ms(policy)
+        stats = self.scorer.latency(policy) if measure else self.scorer.sampled_latency(policy)
+        if stats is not None:
+            latency_ms, source = stats.median_ms, "measured"
+        else:
+            latency_ms, source = predicted * self.scorer.correction(), "predicted"
         acc, metrics = self.scorer.evaluate(policy)
         macs = p.channels.macs(policy)
         broken = violations({**metrics, "accuracy": acc}, p.spec.constraints)
-        feasible = latency.median_ms <= p.budget_ms and not broken
+        feasible = latency_ms <= p.budget_ms and not broken
         if p.spec.env.reward == "acc":
             reward = acc
         else:
@@ -130,7 +141,10 @@ class CompressionEnv(gym.Env):
             reward -= p.spec.env.infeasible_penalty
         return float(reward), {
             "policy": policy, "proxy_accuracy": acc, "macs": macs,
-            "measured_latency_ms": latency.median_ms, "latency": latency.to_dict(),
+            "latency_ms": latency_ms, "latency_source": source,
+            "measured_latency_ms": stats.median_ms if stats is not None else None,
+            "predicted_latency_ms": predicted,
+            "latency": stats.to_dict() if stats is not None else {},
             "budget_ms": p.budget_ms, "feasible": feasible, "violations": broken,
             "metrics": metrics}
 

@@ -9,6 +9,7 @@ measures on the target, so it is shared by every env copy and by searchers.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,7 @@ from torch import nn
 
 from slimtune.compress import prune_structure
 from slimtune.data import Dataset
+from slimtune.evaluators.base import Evaluator
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
@@ -49,6 +51,8 @@ class CompressionProblem:
     budget_ms: float
     channels: ChannelMap
     predictor: LatencyPredictor
+    # what scores an episode besides the proxy (``env.evaluator``); None: the proxy
+    evaluator: Evaluator | None = None
 
     def trial_context(self, trials_dir: Path = Path(), *,
                       protocol: MeasureProtocol = EPISODE_PROTOCOL) -> TrialContext:
@@ -69,7 +73,8 @@ class CompressionProblem:
 
 
 def prepare_problem(spec: JobSpec, *, predictor: LatencyPredictor | None = None,
-                    protocol: MeasureProtocol | None = None) -> CompressionProblem:
+                    protocol: MeasureProtocol | None = None,
+                    say: Callable[[str], None] = lambda _m: None) -> CompressionProblem:
     """Check the inputs (one-line errors before compute), then train/load and measure."""
     from slimtune.baseline import prepare_baseline
     from slimtune.job import budget_ms, preflight
@@ -79,18 +84,30 @@ def prepare_problem(spec: JobSpec, *, predictor: LatencyPredictor | None = None,
         baseline = prepare_baseline(spec, prep.data).model.eval()
     return problem_from_parts(spec, prep.data, prep.table, prep.space, baseline,
                               baseline_ms=prep.baseline_ms,
-                              budget_ms=budget_ms(spec, prep.baseline_ms), predictor=predictor)
+                              budget_ms=budget_ms(spec, prep.baseline_ms), predictor=predictor,
+                              say=say)
 
 
 def problem_from_parts(spec: JobSpec, data: Dataset, table: LayerTable, space: SearchSpace,
                        baseline: nn.Module, *, baseline_ms: float, budget_ms: float,
-                       predictor: LatencyPredictor | None = None) -> CompressionProblem:
-    """A problem from parts a job already has (``slimtune run`` with ``searcher: ppo``)."""
+                       predictor: LatencyPredictor | None = None,
+                       say: Callable[[str], None] = lambda _m: None) -> CompressionProblem:
+    """A problem from parts a job already has (``slimtune run`` with ``searcher: ppo``).
+    With ``env.evaluator`` other than the proxy, its evaluator is built here (a supernet:
+    trained once per baseline and space, then cached)."""
     channels = ChannelMap.probe(baseline, table, round_to=spec.space.round_to)
     if predictor is None:
         from slimtune.predictor import build_predictor
 
         predictor = build_predictor(spec, baseline, table)
+    evaluator = None
+    kind = spec.env.scorer(spec.search.evaluator)
+    if kind != "proxy":
+        from slimtune.evaluators.factory import build_evaluator
+
+        say(f"episodes scored by the {kind} evaluator: building it")
+        evaluator = build_evaluator(kind, spec, baseline.eval(), table, data, space, say)
     return CompressionProblem(spec=spec, data=data, table=table, space=space,
                               baseline=baseline.eval(), baseline_ms=baseline_ms,
-                              budget_ms=budget_ms, channels=channels, predictor=predictor)
+                              budget_ms=budget_ms, channels=channels, predictor=predictor,
+                              evaluator=evaluator)

@@ -1,5 +1,9 @@
 """The episode's accuracy proxy: cheap, deterministic, cached by policy.
 
+With ``env.evaluator`` set to an evaluator (``supernet``, ``bn_recal``), the problem's
+evaluator scores the episode instead, and only one new architecture in
+``env.measure_every`` is measured on the target (``sampled_latency``).
+
 AMC scores a policy without full fine-tuning. Here: channels removed for real, a few
 distillation steps from the baseline (``env.proxy_steps``), BN statistics recalibrated
 on ``env.recal_batches`` training batches, every quantized layer's weights
@@ -44,6 +48,9 @@ class ProxyEvaluator:
         self.evaluations = 0
         self.measurements = 0
         self.ratios: list[float] = []
+        spec = problem.spec
+        self.measure_every = spec.env.measure_period(spec.search.evaluator)
+        self.unmeasured = 0  # new architectures seen by sampled_latency
 
     def record(self, predicted_ms: float, measured_ms: float) -> None:
         """Remember how a prediction compared with its measurement."""
@@ -63,6 +70,18 @@ class ProxyEvaluator:
             self.latencies[key] = self.problem.measure(policy)
             self.measurements += 1
         return self.latencies[key]
+
+    def sampled_latency(self, policy: Policy) -> LatencyStats | None:
+        """The measurement of ``policy`` if it is measured: one new architecture in
+        ``env.measure_every`` is (the first always), and one measured before stays so;
+        None for the others, whose latency is the corrected prediction."""
+        key = policy.key()
+        if key in self.latencies:
+            return self.latencies[key]
+        self.unmeasured += 1
+        if (self.unmeasured - 1) % self.measure_every:
+            return None
+        return self.latency(policy)
 
     def accuracy(self, policy: Policy) -> float:
         return self.evaluate(policy)[0]
@@ -87,24 +106,38 @@ class ProxyEvaluator:
 
     def _evaluate(self, policy: Policy) -> tuple[float, dict[str, Any]]:
         p = self.problem
-        spec, env, ft = p.spec, p.spec.env, p.spec.finetune
-        torch.set_num_threads(spec.target.threads)
+        torch.set_num_threads(p.spec.target.threads)
         with machine_lock("shared"):
-            model = prune_structure(p.baseline, p.table, policy, round_to=spec.space.round_to)
-            train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
-                  lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
-                  temperature=ft.temperature, alpha=ft.alpha)
-            recalibrate_bn(model, p.data.train, batches=env.recal_batches,
-                           batch_size=ft.batch_size)
-            quantize_weights(model, p.table, policy, include_8bit=True)
-            val = p.data.val
-            n = min(env.proxy_val_size, len(val))
-            acc = accuracy(predict(model, val.x[:n]), val.y[:n])
-            if not self.groups:
-                return acc, {}
+            if p.evaluator is not None:
+                acc = p.evaluator.score(policy)
+                if not self.groups:
+                    return acc, {}
+                model = p.evaluator.model(policy)
+                quantize_weights(model, p.table, policy, include_8bit=True)
+            else:
+                model = self._proxy_model(policy)
+                val = p.data.val
+                n = min(p.spec.env.proxy_val_size, len(val))
+                acc = accuracy(predict(model, val.x[:n]), val.y[:n])
+                if not self.groups:
+                    return acc, {}
             from slimtune.evaluate.suite import EvalInputs, evaluate_behaviour
 
             inputs = EvalInputs(logits=predict(model, p.data.test.x), data=p.data,
                                 logits_fn=lambda x: predict(model, x), model=model,
                                 reference=self._reference())
             return acc, evaluate_behaviour(self.groups, inputs).metrics
+
+    def _proxy_model(self, policy: Policy) -> torch.nn.Module:
+        """The proxy's network: pruned for real, a few distillation steps, BN recalibrated,
+        quantized layers fake-quantized (8-bit too)."""
+        p = self.problem
+        spec, env, ft = p.spec, p.spec.env, p.spec.finetune
+        model = prune_structure(p.baseline, p.table, policy, round_to=spec.space.round_to)
+        train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
+              lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
+              temperature=ft.temperature, alpha=ft.alpha)
+        recalibrate_bn(model, p.data.train, batches=env.recal_batches,
+                       batch_size=ft.batch_size)
+        quantize_weights(model, p.table, policy, include_8bit=True)
+        return model

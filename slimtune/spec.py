@@ -384,7 +384,8 @@ class EnvSpec(_Strict):
     training batches after ``proxy_steps`` distillation steps, accuracy on the first
     ``proxy_val_size`` validation examples. ``reward``: ``acc`` (proxy accuracy) or
     ``error_log_flops`` (AMC's -error * log(MACs)). An episode whose measured latency
-    misses the budget loses ``infeasible_penalty``.
+    misses the budget loses ``infeasible_penalty``. ``evaluator`` and ``measure_every``:
+    see below (PPO on the supernet: an episode costs a score, not a fine-tune).
     """
 
     reward: Literal["acc", "error_log_flops"] = "acc"
@@ -392,6 +393,28 @@ class EnvSpec(_Strict):
     proxy_val_size: int = Field(default=512, ge=1)
     recal_batches: int = Field(default=4, ge=0)
     infeasible_penalty: float = Field(default=1.0, ge=0)
+    # what scores an episode: ``proxy`` (the above), or an evaluator of the scoring search
+    # (``supernet``: the one-shot supernet's sub-network; ``bn_recal``: the pruned
+    # baseline, BN recalibrated; both with the ``scoring`` settings); ``auto``: the
+    # supernet when ``search.evaluator`` is ``supernet``, else ``proxy``
+    evaluator: Literal["auto", "proxy", "bn_recal", "supernet"] = "auto"
+    # measure one new architecture in ``measure_every`` on the target; the others' latency
+    # is the predictor's, scaled by the measured/predicted ratio learnt so far. Unset: 1
+    # with the proxy (every episode measured), 10 with an evaluator (an episode then costs
+    # a score, not an export and a timing)
+    measure_every: int | None = Field(default=None, ge=1)
+
+    def scorer(self, search_evaluator: str) -> str:
+        """The episode scorer this spec resolves to: proxy, bn_recal or supernet."""
+        if self.evaluator != "auto":
+            return self.evaluator
+        return "supernet" if search_evaluator == "supernet" else "proxy"
+
+    def measure_period(self, search_evaluator: str) -> int:
+        """One new architecture in this many is measured on the target."""
+        if self.measure_every is not None:
+            return self.measure_every
+        return 1 if self.scorer(search_evaluator) == "proxy" else 10
 
 
 class AgentSpec(_Strict):
@@ -473,6 +496,16 @@ class JobSpec(_Strict):
             raise ValueError("space.rank: low-rank factorisation is searched by tpe, nsga2, "
                              "random and uniform, not by ppo (nor used by agents or slimtune "
                              "apply, which decide channels and bits only): remove space.rank")
+        return self
+
+    @model_validator(mode="after")
+    def _env_scorer(self) -> JobSpec:
+        if self.env.scorer(self.search.evaluator) == "supernet":
+            extra = [k for k in ("rank", "sparsity", "clusters") if getattr(self.space, k)]
+            if extra:
+                raise ValueError(f"env.evaluator supernet scores prune ratios and bit-widths "
+                                 f"only: remove space.{', space.'.join(extra)} or use "
+                                 "env.evaluator: bn_recal")
         return self
 
     @field_validator("evaluate")

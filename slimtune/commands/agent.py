@@ -88,7 +88,7 @@ def _train(spec, problem, env, out: Path, timesteps: int) -> int:
                               on_episode=on_episode)
         trained.agent.save(out)
         policy = propose_policy(trained.agent, env)
-        _, final = env.score(policy)
+        _, final = env.score(policy, measure=True)
         episodes = len(trained.episodes)
         feasible = sum(r.feasible for r, _ in trained.episodes)
         tracker.log(parent, metrics={

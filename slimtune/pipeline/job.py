@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from slimtune.evaluators import Evaluator
+from slimtune.evaluators.factory import build_evaluator as make_evaluator
 from slimtune.latency import machine_lock
 from slimtune.outputs import append_trial
 from slimtune.pipeline.finalize import finalize_steps
@@ -37,43 +38,14 @@ CANDIDATES_FILE = "candidates.jsonl"
 
 def plain_evaluator(ctx: TrialContext, baseline: nn.Module) -> Evaluator:
     """EagleEye's adaptive-BN evaluator on the plainly pruned baseline (``bn_recal``)."""
-    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
-
-    spec = ctx.spec
-    settings = ScoreSettings(recal_batches=spec.scoring.recal_batches,
-                             batch_size=spec.scoring.batch_size, val_size=spec.scoring.val_size)
-    return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
-                            round_to=spec.space.round_to, settings=settings,
-                            threads=spec.target.threads)
+    return make_evaluator("bn_recal", ctx.spec, baseline, ctx.table, ctx.data)
 
 
 def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
                     say: Callable[[str], None]) -> Evaluator:
     """The spec's ``search.evaluator`` for this baseline and space."""
-    spec = ctx.spec
-    if spec.search.evaluator == "bn_recal":
-        return plain_evaluator(ctx, baseline)
-    import torch
-
-    from slimtune.evaluators.supernet import SandwichRecipe, SupernetEvaluator
-
-    sn = spec.supernet
-    recipe = SandwichRecipe(steps=sn.steps, batch_size=sn.batch_size, lr=sn.lr,
-                            n_random=sn.random_subnets, seed=spec.search.seed,
-                            temperature=spec.finetune.temperature)
-
-    def step(n: int, _policies: object) -> None:
-        if n % 100 == 0 or n == sn.steps:
-            say(f"supernet: sandwich step {n}/{sn.steps}")
-
-    torch.set_num_threads(spec.target.threads)
-    with machine_lock("shared"):
-        evaluator = SupernetEvaluator.build(
-            baseline, ctx.table, space, ctx.data.train, ctx.data.val,
-            round_to=spec.space.round_to, recipe=recipe, val_size=spec.scoring.val_size,
-            recal_batches=spec.scoring.recal_batches, on_step=step)
-    evaluator.batch_size = spec.scoring.batch_size
-    return evaluator
+    return make_evaluator(ctx.spec.search.evaluator, ctx.spec, baseline, ctx.table, ctx.data,
+                          space, say)
 
 
 def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
