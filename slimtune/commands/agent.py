@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.envs.compression import CompressionEnv
     from slimtune.envs.problem import prepare_problem
 
-    problem = prepare_problem(spec)
+    problem = prepare_problem(spec, say=say)
     say(f"{spec.model.describe()}: baseline {problem.baseline_ms:.3f} ms, budget "
         f"{problem.budget_ms:.3f} ms, {len(problem.table.layers)} layers per episode")
     describe = getattr(problem.predictor, "describe", None)

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.spec import load_spec
 
     agent = CompressionAgent.load(args.agent)
-    spec = load_spec(args.job).with_overrides(trials=1, searcher="ppo")
+    # one candidate: the agent's policy (a scoring job scores, times and finalizes it, with
+    # the references beside it; with search.evaluator: supernet, on this model's own supernet)
+    spec = load_spec(args.job).with_overrides(trials=1, searcher="ppo", candidates=1)
     check_out_dir(args.out, overwrite=args.overwrite)
     if not args.verbose:
         warnings.filterwarnings("ignore")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.summary import print_summary
     from slimtune.trial import save_layer_table
 
-    problem = prepare_problem(spec)
+    problem = prepare_problem(spec, say=say)
     env = CompressionEnv(problem=problem)
     describe = getattr(problem.predictor, "describe", None)
     if describe is not None:
