@@ -33,7 +33,8 @@ from slimtune.policy import FLOAT_BITS, Policy, under
 
 __all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
            "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
-           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels"]
+           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels",
+           "weights_as_deployed"]
 
 
 class PolicyError(UserInputError):
@@ -313,18 +314,27 @@ def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_t
     factors (:mod:`slimtune.lowrank`) as in :func:`compressed_structure`. Then every layer
     below 32 bits gets its weight (both factors' weights if factorised) fake-quantized in
     place, except 8-bit layers unless ``fake_quant_8bit`` (they run as real int8 later in
-    ONNX Runtime; set it for a torch-only target). Last, the policy's per-layer
+    ONNX Runtime; set it for a torch-only target), after the policy's per-layer
     ``sparsity`` and ``clusters`` (Deep Compression, :mod:`slimtune.deep_compression`)
-    zero and share weights.
+    zero and share weights: :func:`weights_as_deployed`, the order a trial uses.
     """
     pruned = compressed_structure(model, table, policy, round_to=round_to,
                                   example_input=example_input)
-    quantize_weights(pruned, table, policy, include_8bit=fake_quant_8bit)
+    return weights_as_deployed(pruned, table, policy, include_8bit=fake_quant_8bit)
+
+
+def weights_as_deployed(model: nn.Module, table: LayerTable, policy: Policy, *,
+                        include_8bit: bool = False) -> nn.Module:
+    """In place, the policy's weight stage in the one order every path uses (a trial's
+    fine-tune ends with its shared weights; ``apply_policy`` and the export follow):
+    Deep Compression's zeros and shared values first, then the fake-quantization of
+    layers below 32 bits (8-bit ones only if ``include_8bit``). Idempotent on a model
+    whose Deep Compression is already applied. Returns ``model``."""
     if policy.sparsity or policy.clusters:
         from slimtune.deep_compression import compress_weights
 
-        compress_weights(pruned, table, policy)
-    return pruned
+        compress_weights(model, table, policy)
+    return quantize_weights(model, table, policy, include_8bit=include_8bit)
 
 
 def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,

@@ -13,6 +13,7 @@ it broke in ``violations``.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 import traceback
@@ -28,8 +29,7 @@ from slimtune.baseline import build_model
 from slimtune.compress import (
     compressed_structure,
     count_macs_params,
-    packed_size_bytes,
-    quantize_weights,
+    weights_as_deployed,
 )
 from slimtune.data import Dataset
 from slimtune.deep_compression import policy_size_bytes
@@ -155,7 +155,7 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
             gate = deploy(ctx, model, policy, Path(tmp) / "gate.onnx")
         gate_latency = measure(ctx, gate)
     if gate_latency.median_ms > ctx.budget_ms:
-        size = packed_size_bytes(model, ctx.table, policy)
+        size = deployed_size_bytes(ctx, model, policy)
         return TrialResult(**base, state="infeasible", stage="measured",
                            latency_ms=gate_latency.median_ms,
                            latency=gate_latency.to_dict(), size_bytes=size,
@@ -189,7 +189,7 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
     spec = ctx.spec
     out.mkdir(parents=True, exist_ok=True)
     with machine_lock("shared"):
-        quantize_weights(model, ctx.table, policy, include_8bit=not spec.target.backend.int8)
+        weights_as_deployed(model, ctx.table, policy, include_8bit=not spec.target.backend.int8)
         deployed = deploy(ctx, model, policy, out / "model.onnx")
     latency, ratio, within = timing(deployed)
     with machine_lock("shared"):
@@ -206,6 +206,17 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
                 accuracy=val, metrics=behaviour.metrics, violations=tuple(broken),
                 test_accuracy=test, latency_ms=latency.median_ms, latency=latency.to_dict(),
                 latency_ratio=ratio, size_bytes=policy_size_bytes(model, ctx.table, policy))
+
+
+def deployed_size_bytes(ctx: TrialContext, model: nn.Module, policy: Policy) -> int:
+    """``size_bytes`` of a row whose ``model`` has the policy's structure but not yet its
+    trained weights (it failed the latency gate): the size its deployed weights would have,
+    counted as a finished row's is (Deep Compression's container when the policy uses it;
+    its zeros and shared weights are applied to a copy first)."""
+    if policy.sparsity or policy.clusters:
+        model = weights_as_deployed(copy.deepcopy(model), ctx.table, policy,
+                                    include_8bit=not ctx.spec.target.backend.int8)
+    return policy_size_bytes(model, ctx.table, policy)
 
 
 def save_layer_table(out: Path, table: LayerTable) -> None:

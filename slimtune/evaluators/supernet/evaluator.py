@@ -26,8 +26,8 @@ from torch import nn
 from slimtune.baseline import cache_dir
 from slimtune.compress import PolicyError, check_policy
 from slimtune.data import Split
-from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.evaluators.base import Evaluator
+from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.evaluators.supernet.cache import FORMAT, read_payload, supernet_key, write_payload
 from slimtune.evaluators.supernet.elastic import MaskedSupernet, channel_order
 from slimtune.evaluators.supernet.sandwich import SandwichRecipe, train_supernet
