@@ -106,7 +106,9 @@ def problem_from_parts(spec: JobSpec, data: Dataset, table: LayerTable, space: S
         from slimtune.evaluators.factory import build_evaluator
 
         say(f"episodes scored by the {kind} evaluator: building it")
-        evaluator = build_evaluator(kind, spec, baseline.eval(), table, data, space, say)
+        evaluator = build_evaluator(kind, spec, baseline.eval(), table, data, space, say,
+                                    val_size=spec.env.proxy_val_size,
+                                    recal_batches=spec.env.recal_batches)
     return CompressionProblem(spec=spec, data=data, table=table, space=space,
                               baseline=baseline.eval(), baseline_ms=baseline_ms,
                               budget_ms=budget_ms, channels=channels, predictor=predictor,

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from slimtune.depth import drop_blocks
-from slimtune.errors import UserInputError
+from slimtune.errors import PolicyError
 from slimtune.layers import (
     ChannelGroup,
     LayerTable,
@@ -28,8 +28,10 @@ from slimtune.layers import (
     eval_mode,
 )
 from slimtune.layers import example_input as random_example
-from slimtune.lowrank import factorizable, factorize, layer_modules
-from slimtune.policy import FLOAT_BITS, Policy, under
+from slimtune.lowrank import layer_modules
+from slimtune.methods.quantization import WeightQuantization
+from slimtune.methods.registry import methods
+from slimtune.policy import FLOAT_BITS, Policy
 
 __all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
            "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
@@ -37,43 +39,15 @@ __all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure"
            "weights_as_deployed"]
 
 
-class PolicyError(UserInputError):
-    """The policy does not fit the model: another model's signature, or an unknown name.
-
-    A ValueError (via UserInputError), so the CLI prints it as one line and exits 2.
-    """
-
-
 def check_policy(table: LayerTable, policy: Policy) -> None:
-    """Raise PolicyError unless every key of ``policy`` names a group/layer of ``table``
-    and every ``rank`` layer can be factorised (no grouped/depthwise conv, no sparsity or
-    clusters on it)."""
+    """Raise PolicyError unless ``policy`` was made for ``table``'s model and every
+    compression method's choices fit it (:meth:`CompressionMethod.check`: known groups,
+    layers and blocks; ``rank`` only on factorisable layers without sparsity or clusters)."""
     if policy.model_signature and policy.model_signature != table.signature():
         raise PolicyError(f"policy was made for model {policy.model_signature}, "
                           f"this model is {table.signature()}")
-    layer_names = [li.name for li in table.layers]
-    unknown = sorted(b for b in policy.skip if not any(under(n, [b]) for n in layer_names))
-    if unknown:
-        raise PolicyError(f"policy skips blocks holding no layer: {', '.join(unknown)}")
-    unknown = sorted(set(policy.prune) - {g.name for g in table.groups})
-    if unknown:
-        raise PolicyError(f"policy prunes unknown channel groups: {', '.join(unknown)}")
-    unknown = sorted(set(policy.bits) - {li.name for li in table.layers})
-    if unknown:
-        raise PolicyError(f"policy sets bits of unknown layers: {', '.join(unknown)}")
-    for what, keys in (("sparsity", policy.sparsity), ("clusters", policy.clusters),
-                       ("rank", policy.rank)):
-        unknown = sorted(set(keys) - {li.name for li in table.layers})
-        if unknown:
-            raise PolicyError(f"policy sets {what} of unknown layers: {', '.join(unknown)}")
-    grouped = [li for li in table.layers if li.name in policy.rank and not factorizable(li)]
-    if grouped:
-        raise PolicyError(f"layer {grouped[0].name!r} is a grouped/depthwise conv "
-                          f"(groups={grouped[0].groups}): it cannot be factorised")
-    both = sorted(set(policy.rank) & (set(policy.sparsity) | set(policy.clusters)))
-    if both:
-        raise PolicyError(f"layers {', '.join(both)}: low-rank factorisation is not combined "
-                          "with sparsity or clusters on the same layer (bits are)")
+    for method in methods():
+        method.check(table, policy)
 
 
 def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
@@ -221,6 +195,16 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
     supernet's fixed order) instead of its largest-L2 channels of ``model``.
     """
     check_policy(table, policy)
+    pruned = remove_channels(model, table, policy, round_to=round_to,
+                             example_input=example_input, keep_order=keep_order)
+    return drop_blocks(pruned, policy.skip)
+
+
+def remove_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
+                    example_input: torch.Tensor | None = None,
+                    keep_order: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+    """A copy of ``model`` with the policy's ``prune`` channels removed for real (the
+    channel-pruning method's restructure; :func:`prune_structure` also drops blocks)."""
     keep_order = keep_order or _grouped_conv_order(model, table, policy)
     pruned = copy.deepcopy(model)
     layers = _layers(pruned, table)
@@ -239,24 +223,26 @@ def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, roun
         _set_heads(pruned, table, plan)
         _check_runs(model, pruned, table, plan, _example(model, table, example_input),
                     round_to, keep_order)
-    return drop_blocks(pruned, policy.skip)
+    return pruned
 
 
 def compressed_structure(model: nn.Module, table: LayerTable, policy: Policy, *,
                          round_to: int = 1,
                          example_input: torch.Tensor | None = None) -> nn.Module:
-    """A copy of ``model`` with the policy's architecture: channels removed, then the
-    ``rank`` layers replaced by their truncated-SVD factors; weights not quantized.
+    """A copy of ``model`` with the policy's architecture: every structure method in
+    registry order (channels removed, blocks dropped, then the ``rank`` layers replaced
+    by their truncated-SVD factors); weights not quantized.
 
     The architecture every trial trains, measures and saves; also what rebuilds it to
     ``load_state_dict`` a saved compressed model into (the factors' SVD weights are then
     overwritten). Rank fractions apply to the pruned layers' shapes.
     """
-    pruned = prune_structure(model, table, policy, round_to=round_to,
-                             example_input=example_input)
-    if policy.rank:
-        factorize(pruned, table, dict(policy.rank))
-    return pruned
+    check_policy(table, policy)
+    out = copy.deepcopy(model)  # methods may change the model they are given
+    for method in methods("structure"):
+        out = method.restructure(out, table, policy, round_to=round_to,
+                                 example_input=example_input)
+    return out
 
 
 def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) -> None:
@@ -325,16 +311,15 @@ def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_t
 
 def weights_as_deployed(model: nn.Module, table: LayerTable, policy: Policy, *,
                         include_8bit: bool = False) -> nn.Module:
-    """In place, the policy's weight stage in the one order every path uses (a trial's
-    fine-tune ends with its shared weights; ``apply_policy`` and the export follow):
-    Deep Compression's zeros and shared values first, then the fake-quantization of
-    layers below 32 bits (8-bit ones only if ``include_8bit``). Idempotent on a model
-    whose Deep Compression is already applied. Returns ``model``."""
-    if policy.sparsity or policy.clusters:
-        from slimtune.deep_compression import compress_weights
-
-        compress_weights(model, table, policy)
-    return quantize_weights(model, table, policy, include_8bit=include_8bit)
+    """In place, the policy's weight stage: every weight method in registry order, the one
+    order every path uses (a trial's fine-tune ends with its shared weights;
+    ``apply_policy`` and the export follow): Deep Compression's zeros and shared values
+    first, then the fake-quantization of layers below 32 bits (8-bit ones only if
+    ``include_8bit``). Idempotent on a model whose Deep Compression is already applied.
+    Returns ``model``."""
+    for method in methods("weights"):
+        model = method.transform_weights(model, table, policy, include_8bit=include_8bit)
+    return model
 
 
 def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
@@ -356,8 +341,7 @@ def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
 def fake_quantized_layers(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
     """The layers :func:`quantize_weights` rounds, with their bits: below 32 bits, 8-bit
     ones only if ``include_8bit`` (quantisation-aware fine-tuning trains the same set)."""
-    return {name: bits for name, bits in policy.bits.items()
-            if bits < FLOAT_BITS and (bits != 8 or include_8bit)}
+    return WeightQuantization.fake_quantized(policy, include_8bit=include_8bit)
 
 
 def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> int:

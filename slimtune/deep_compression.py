@@ -531,10 +531,14 @@ def finetune_compressed(model: nn.Module, table: LayerTable, policy) -> Iterator
 
 
 def policy_size_bytes(model: nn.Module, table: LayerTable, policy) -> int:
-    """A trial's ``size_bytes``: the container's exact size when the policy uses Deep
-    Compression, else ``packed_size_bytes`` (weights packed at their bit-widths)."""
+    """A trial's ``size_bytes``: the first compression method's own size figure (Deep
+    Compression's container, when the policy uses it), else ``packed_size_bytes``
+    (weights packed at their bit-widths)."""
     from slimtune.compress import packed_size_bytes
+    from slimtune.methods.registry import methods
 
-    if policy.sparsity or policy.clusters:
-        return len(encode_state(model, table, policy))
+    for method in methods():  # the first method that defines the stored size
+        size = method.size_bytes(model, table, policy)
+        if size is not None:
+            return size
     return packed_size_bytes(model, table, policy)

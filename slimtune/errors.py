@@ -15,3 +15,10 @@ class SpecError(UserInputError):
 
 class BudgetError(UserInputError):
     """No policy in the search space can meet the latency budget."""
+
+
+class PolicyError(UserInputError):
+    """The policy does not fit the model: another model's signature, or an unknown name.
+
+    A ValueError (via UserInputError), so the CLI prints it as one line and exits 2.
+    """

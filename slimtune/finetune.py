@@ -3,10 +3,11 @@
 The recipe is the spec's ``finetune`` section with the part a search sampled
 (``Policy.recipe``: ``distill``, ``temperature``, ``alpha``) put over it. Around the
 training loop (:func:`slimtune.train.train`, knowledge distillation from the baseline
-when ``distill``), three optional parts compose as context managers:
+when ``distill``), optional parts compose as context managers:
 
-- Deep Compression's held zeros and shared weights (a no-op without them),
-- quantisation-aware training (``qat``, :mod:`slimtune.qat`),
+- each compression method's ``during_finetune`` (:mod:`slimtune.methods`), in registry
+  order: Deep Compression's held zeros and shared weights (a no-op without them), then
+  quantisation-aware training (``qat``, :mod:`slimtune.qat`);
 - FitNets hints (``hint_weight > 0``, :mod:`slimtune.hints`): only when distilling, they
   match the baseline teacher's features; a trial whose sampled ``distill`` is false
   trains without them.
@@ -19,11 +20,10 @@ import contextlib
 from torch import nn
 
 from slimtune.data import Split
-from slimtune.deep_compression import finetune_compressed
 from slimtune.hints import feature_hints, hint_layer_names
 from slimtune.layers import LayerTable
+from slimtune.methods.registry import methods
 from slimtune.policy import Policy
-from slimtune.qat import quantization_aware
 from slimtune.spec import FinetuneSpec, JobSpec
 from slimtune.train import train
 
@@ -45,10 +45,9 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
     ft = finetune_recipe(spec.finetune, policy)
     distill_from = teacher if ft.distill else None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(finetune_compressed(model, table, policy))
-        if ft.qat:
-            stack.enter_context(quantization_aware(
-                model, table, policy, include_8bit=not spec.target.backend.int8))
+        for method in methods():  # Deep Compression's held zeros, QAT's fake-quant, ...
+            stack.enter_context(method.during_finetune(
+                model, table, policy, ft, include_8bit=not spec.target.backend.int8))
         hints = None
         if distill_from is not None and ft.hint_weight > 0:
             hints = stack.enter_context(feature_hints(

@@ -24,6 +24,20 @@ MIN_CLUSTERS, MAX_CLUSTERS = 2, 256
 RECIPE_KEYS = ("distill", "temperature", "alpha")
 
 
+#: the built-in per-method fields of a Policy (also its JSON keys)
+BUILTIN_KEYS = ("prune", "bits", "sparsity", "clusters", "rank", "recipe", "skip")
+#: policy keys of compression methods registered from outside (``slimtune.methods``);
+#: their choices live in ``Policy.extra``
+EXTRA_KEYS: set[str] = set()
+
+
+def register_policy_key(key: str) -> None:
+    """Let policies carry ``key`` (a plug-in compression method's per-layer choices)."""
+    if key in BUILTIN_KEYS or key == "model_signature":
+        raise ValueError(f"policy key {key!r} is built in")
+    EXTRA_KEYS.add(key)
+
+
 def under(name: str, blocks: Iterable[str]) -> bool:
     """Whether module ``name`` lies inside one of ``blocks`` (module names)."""
     return any(name.startswith(b + ".") for b in blocks)
@@ -54,14 +68,25 @@ class Policy:
     # elastic depth (slimtune.depth): the residual blocks dropped, by module name; the
     # per-layer choices of layers inside them are dropped with them
     skip: tuple[str, ...] = ()
+    # the choices of plug-in compression methods, by their policy key (``EXTRA_KEYS``):
+    # ``{"key": {layer: value}}``; empty ones are left out
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.extra) - EXTRA_KEYS)
+        if unknown:
+            raise ValueError(f"unknown policy keys: {unknown}")
+        object.__setattr__(self, "extra", {k: dict(sorted(v.items()))
+                                           for k, v in sorted(self.extra.items()) if v})
         skip = tuple(sorted({str(b) for b in self.skip}))
         object.__setattr__(self, "skip", skip)
         if skip:
             for name in ("prune", "bits", "sparsity", "clusters", "rank"):
                 kept = {k: v for k, v in getattr(self, name).items() if not under(k, skip)}
                 object.__setattr__(self, name, kept)
+            object.__setattr__(self, "extra", {
+                key: kept for key, choices in self.extra.items()
+                if (kept := {k: v for k, v in choices.items() if not under(k, skip)})})
         for name, ratio in self.prune.items():
             if not 0.0 <= float(ratio) < 1.0:
                 raise ValueError(f"prune ratio of {name!r} must be in [0, 1), got {ratio}")
@@ -87,6 +112,14 @@ class Policy:
                            {k: int(v) for k, v in sorted(self.clusters.items())})
         object.__setattr__(self, "prune", {k: float(v) for k, v in sorted(self.prune.items())})
         object.__setattr__(self, "bits", {k: int(v) for k, v in sorted(self.bits.items())})
+
+    def choices(self, key: str) -> Mapping[str, Any]:
+        """The per-layer (or per-group) choices under policy key ``key``: a built-in field
+        or a plug-in method's ``extra`` entry (empty when unset)."""
+        if key in BUILTIN_KEYS:
+            value = getattr(self, key)
+            return {b: 1 for b in value} if key == "skip" else value
+        return self.extra.get(key, {})
 
     def ratio(self, group: str) -> float:
         return self.prune.get(group, 0.0)
@@ -118,6 +151,7 @@ class Policy:
             out["recipe"] = dict(self.recipe)
         if self.skip:
             out["skip"] = list(self.skip)
+        out.update({k: dict(v) for k, v in self.extra.items()})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,8 +160,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
-        unknown = set(data) - {"prune", "bits", "model_signature", "sparsity", "clusters",
-                               "rank", "recipe", "skip"}
+        unknown = set(data) - {*BUILTIN_KEYS, "model_signature", *EXTRA_KEYS}
         if unknown:
             raise ValueError(f"unknown policy keys: {sorted(unknown)}")
         return cls(prune=dict(data.get("prune", {})), bits=dict(data.get("bits", {})),
@@ -136,7 +169,8 @@ class Policy:
                    clusters=dict(data.get("clusters", {})),
                    rank=dict(data.get("rank", {})),
                    recipe=dict(data.get("recipe", {})),
-                   skip=tuple(data.get("skip", ())))
+                   skip=tuple(data.get("skip", ())),
+                   extra={k: dict(data[k]) for k in EXTRA_KEYS if k in data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -43,6 +43,7 @@ from slimtune.baseline import cache_dir
 from slimtune.depth import under
 from slimtune.latency import MeasureProtocol
 from slimtune.layers import LayerInfo, LayerTable
+from slimtune.methods.quantization import runs_int8
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.runtimes import get_runtime
 from slimtune.shapes import ChannelMap
@@ -350,7 +351,7 @@ class LatencyPredictor:
                            in_hw=li.in_hw, int8=int8 and self._runs_int8)
 
     def _int8(self, policy: Policy, layer: str) -> bool:
-        return self._runs_int8 and policy.bits_of(layer) <= 8
+        return self._runs_int8 and runs_int8(policy.bits_of(layer))
 
     def configs(self, space: SearchSpace) -> list[LayerConfig]:
         """Every layer configuration ``space`` can produce (deduplicated)."""
@@ -358,7 +359,7 @@ class LatencyPredictor:
         for li in self._layers:
             groups = sorted(set(self.cmap.in_loss[li.name]) | set(self.cmap.out_loss[li.name]))
             choices = [space.ratios.get(g, (0.0,)) for g in groups]
-            bits = {b <= 8 and self._runs_int8 for b in space.bits.get(li.name, (32,))}
+            bits = {runs_int8(b) and self._runs_int8 for b in space.bits.get(li.name, (32,))}
             for ratios in product(*choices):
                 shape = self.cmap.shapes(Policy(prune=dict(zip(groups, ratios, strict=True))))
                 s = shape[li.name]

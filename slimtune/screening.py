@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slimtune.methods.quantization import WeightQuantization
 from slimtune.policy import Policy
 
 #: measured/predicted ratios remembered for the correction
@@ -94,4 +95,4 @@ class Screen:
 
 def precision(policy: Policy) -> str:
     """``int8`` when some layer runs at 8 bits or fewer (a QDQ graph), else ``fp32``."""
-    return "int8" if any(b <= 8 for b in policy.bits.values()) else "fp32"
+    return "int8" if WeightQuantization.int8_layers(policy) else "fp32"

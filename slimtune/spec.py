@@ -395,12 +395,13 @@ class EnvSpec(_Strict):
     infeasible_penalty: float = Field(default=1.0, ge=0)
     # what scores an episode: ``proxy`` (the above), or an evaluator of the scoring search
     # (``supernet``: the one-shot supernet's sub-network; ``bn_recal``: the pruned
-    # baseline, BN recalibrated; both with the ``scoring`` settings); ``auto``: the
-    # supernet when ``search.evaluator`` is ``supernet``, else ``proxy``
+    # baseline, BN recalibrated; both on ``proxy_val_size`` examples after
+    # ``recal_batches`` batches); ``auto``: the supernet when ``search.evaluator`` is
+    # ``supernet``, else ``proxy``
     evaluator: Literal["auto", "proxy", "bn_recal", "supernet"] = "auto"
     # measure one new architecture in ``measure_every`` on the target; the others' latency
     # is the predictor's, scaled by the measured/predicted ratio learnt so far. Unset: 1
-    # with the proxy (every episode measured), 10 with an evaluator (an episode then costs
+    # with the proxy (every episode measured), 20 with an evaluator (an episode then costs
     # a score, not an export and a timing)
     measure_every: int | None = Field(default=None, ge=1)
 
@@ -414,7 +415,7 @@ class EnvSpec(_Strict):
         """One new architecture in this many is measured on the target."""
         if self.measure_every is not None:
             return self.measure_every
-        return 1 if self.scorer(search_evaluator) == "proxy" else 10
+        return 1 if self.scorer(search_evaluator) == "proxy" else 20
 
 
 class AgentSpec(_Strict):

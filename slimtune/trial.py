@@ -40,6 +40,7 @@ from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_on
 from slimtune.finetune import finetune
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.methods.quantization import WeightQuantization
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
@@ -90,7 +91,7 @@ def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:
     Given the compressed ``model``, a factorised layer counts as its two factors
     (``name.0``, ``name.1``: both run int8); without it, the policy's layer names.
     """
-    names = [name for name, bits in policy.bits.items() if bits <= 8]
+    names = WeightQuantization.int8_layers(policy)
     if model is None:
         return names
     from slimtune.lowrank import layer_modules

@@ -17,7 +17,7 @@ from tests.jobs import tiny_job
 def problem(tmp_path_factory):
     return make_problem(tmp_path_factory.mktemp("env-supernet"),
                         search={"evaluator": "supernet"}, supernet={"steps": 4},
-                        scoring={"val_size": 64, "recal_batches": 2})
+                        env={"proxy_val_size": 64, "recal_batches": 2})
 
 
 def _episode(env: CompressionEnv, rng: np.random.Generator) -> dict:
@@ -29,13 +29,14 @@ def _episode(env: CompressionEnv, rng: np.random.Generator) -> dict:
     return info
 
 
-def test_the_supernet_scores_episodes_and_one_in_ten_is_measured(problem):
+def test_the_supernet_scores_episodes_and_one_in_twenty_is_measured(problem):
     assert isinstance(problem.evaluator, SupernetEvaluator)
+    assert problem.evaluator.val_size == 64  # the env's own sizes, not the scoring search's
     scorer = ProxyEvaluator(problem)
-    assert scorer.measure_every == 10
+    assert scorer.measure_every == 20
     env = CompressionEnv(problem=problem, scorer=scorer)
     rng = np.random.default_rng(0)
-    infos = [_episode(env, rng) for _ in range(12)]
+    infos = [_episode(env, rng) for _ in range(24)]
     for info in infos:
         assert info["proxy_accuracy"] == problem.evaluator.score(info["policy"])
         if info["latency_source"] == "measured":
@@ -45,7 +46,7 @@ def test_the_supernet_scores_episodes_and_one_in_ten_is_measured(problem):
             assert info["latency_ms"] == pytest.approx(
                 info["predicted_latency_ms"] * info["wall_correction"], rel=0.5)
     new = len({i["policy"].key() for i in infos})
-    assert scorer.measurements == len(range(0, new, 10))  # the first new one, then every 10th
+    assert scorer.measurements == len(range(0, new, 20))  # the first new one, then every 20th
     assert infos[0]["latency_source"] == "measured"
     assert scorer.evaluations == new  # no proxy fine-tune: one supernet score a policy
 

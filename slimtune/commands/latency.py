@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
     from slimtune.compress import compressed_structure, count_macs_params
     from slimtune.latency import machine_lock
+    from slimtune.methods.quantization import WeightQuantization
     from slimtune.trial import TrialContext, deploy, measure
 
     table, data = checked.table, checked.data
@@ -114,7 +115,7 @@ def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
     out = {**stats.to_dict(), "model": spec.model.describe(), "subject": what,
            "weights": "spec" if spec.model.weights else "untrained",
            "input_shape": list(data.input_shape), "macs": macs, "params": params,
-           "int8_layers": sum(b <= 8 for b in policy.bits.values())
+           "int8_layers": len(WeightQuantization.int8_layers(policy))
            if spec.target.backend.int8 else 0}
     t = spec.target
     cached = " (cached: measured earlier with the same model, target and settings)" \

@@ -24,18 +24,21 @@ SCORING_EVALUATORS = ("bn_recal", "supernet")
 
 def build_evaluator(kind: str, spec: JobSpec, baseline: nn.Module, table: LayerTable,
                     data: Dataset, space: SearchSpace | None = None,
-                    say: Callable[[str], None] = lambda _m: None) -> Evaluator:
+                    say: Callable[[str], None] = lambda _m: None, *,
+                    val_size: int | None = None,
+                    recal_batches: int | None = None) -> Evaluator:
     """The ``kind`` evaluator of ``baseline`` (not changed) for ``space``; a supernet is
     trained once per (baseline, space, recipe) and cached, or loaded from the cache
-    (``space`` is needed for it: the supernet's sandwich samples from it)."""
+    (``space`` is needed for it: the supernet's sandwich samples from it). ``val_size``
+    and ``recal_batches`` replace the ``scoring`` section's (the env scores with its own)."""
     if kind not in SCORING_EVALUATORS:
         raise ValueError(f"unknown evaluator {kind!r}; choose one of {SCORING_EVALUATORS}")
     if kind == "bn_recal":
         from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
 
         sc = spec.scoring
-        settings = ScoreSettings(recal_batches=sc.recal_batches, batch_size=sc.batch_size,
-                                 val_size=sc.val_size)
+        settings = ScoreSettings(recal_batches=recal_batches or sc.recal_batches,
+                                 batch_size=sc.batch_size, val_size=val_size or sc.val_size)
         return BNRecalEvaluator(baseline, table, data.train, data.val,
                                 round_to=spec.space.round_to, settings=settings,
                                 threads=spec.target.threads)
@@ -58,7 +61,7 @@ def build_evaluator(kind: str, spec: JobSpec, baseline: nn.Module, table: LayerT
     with machine_lock("shared"):
         evaluator = SupernetEvaluator.build(
             baseline, table, space, data.train, data.val, round_to=spec.space.round_to,
-            recipe=recipe, val_size=spec.scoring.val_size,
-            recal_batches=spec.scoring.recal_batches, on_step=step)
+            recipe=recipe, val_size=val_size or spec.scoring.val_size,
+            recal_batches=recal_batches or spec.scoring.recal_batches, on_step=step)
     evaluator.batch_size = spec.scoring.batch_size
     return evaluator

@@ -1,0 +1,59 @@
+"""Weight quantization: each ``policy.bits`` layer keeps that many bits. Layers at 8 bits
+or fewer run as real int8 in an int8 runtime (QDQ ONNX, :mod:`slimtune.export`); below 8
+bits, and on a runtime without int8, weights are fake-quantized per output channel, and
+quantisation-aware training (``finetune.qat``, :mod:`slimtune.qat`) trains them so."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from slimtune.layers import LayerTable
+from slimtune.methods.base import CompressionMethod
+from slimtune.policy import FLOAT_BITS, Policy
+
+if TYPE_CHECKING:
+    from slimtune.spec import FinetuneSpec
+
+#: a layer at this many bits or fewer runs as int8 on a runtime that has int8
+INT8_BITS = 8
+
+
+def runs_int8(bits: int) -> bool:
+    """Whether a layer stored at ``bits`` runs as int8 on a runtime that has int8."""
+    return bits <= INT8_BITS
+
+
+class WeightQuantization(CompressionMethod):
+    name = "quantization"
+    policy_keys = ("bits",)
+    stage = "weights"
+
+    def during_finetune(self, model: nn.Module, table: LayerTable, policy: Policy,
+                        recipe: FinetuneSpec, *, include_8bit: bool) -> AbstractContextManager:
+        if not recipe.qat:
+            return contextlib.nullcontext()
+        from slimtune.qat import quantization_aware
+
+        return quantization_aware(model, table, policy, include_8bit=include_8bit)
+
+    def transform_weights(self, model: nn.Module, table: LayerTable, policy: Policy, *,
+                          include_8bit: bool = False) -> nn.Module:
+        from slimtune.compress import quantize_weights
+
+        return quantize_weights(model, table, policy, include_8bit=include_8bit)
+
+    @staticmethod
+    def int8_layers(policy: Policy) -> list[str]:
+        """The layers an int8 runtime runs as int8 (the rest stay float)."""
+        return sorted(n for n, b in policy.bits.items() if runs_int8(b))
+
+    @staticmethod
+    def fake_quantized(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
+        """The layers whose weights are rounded in torch, with their bits: below 32 bits,
+        8-bit ones only if ``include_8bit`` (a runtime without int8)."""
+        return {n: b for n, b in policy.bits.items()
+                if b < FLOAT_BITS and (b != INT8_BITS or include_8bit)}
