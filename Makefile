@@ -47,6 +47,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs mlruns.db mlartifacts .pytest_cache

@@ -41,14 +41,9 @@ import torch
 
 from slimtune.baseline import prepare_baseline
 from slimtune.compress import packed_size_bytes
+from slimtune.compressed_file import read_compressed, write_compressed
 from slimtune.data import load_dataset
-from slimtune.deep_compression import (
-    compress_weights,
-    keep_shared,
-    keep_sparsity,
-    read_compressed,
-    write_compressed,
-)
+from slimtune.deep_compression import compress_weights, keep_shared, keep_sparsity
 from slimtune.export import export_onnx, onnx_predict, onnx_session
 from slimtune.latency import MeasureProtocol, measure_model
 from slimtune.layers import build_layer_table

@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from slimtune.compress import prune_structure
 from slimtune.data import load_dataset
 from slimtune.envs.proxy import recalibrate_bn
 from slimtune.evaluators.supernet import SandwichRecipe, SupernetEvaluator, random_policy
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import prune_structure
 from slimtune.models import build_builtin
 from slimtune.spaces import SearchSpace
 from slimtune.train import accuracy, predict, train

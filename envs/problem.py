@@ -16,11 +16,11 @@ from typing import Protocol
 
 from torch import nn
 
-from slimtune.compress import prune_structure
 from slimtune.data import Dataset
 from slimtune.evaluators.base import Evaluator
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.methods.apply import prune_structure
 from slimtune.policy import Policy
 from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
@@ -77,7 +77,7 @@ def prepare_problem(spec: JobSpec, *, predictor: LatencyPredictor | None = None,
                     say: Callable[[str], None] = lambda _m: None) -> CompressionProblem:
     """Check the inputs (one-line errors before compute), then train/load and measure."""
     from slimtune.baseline import prepare_baseline
-    from slimtune.job import budget_ms, preflight
+    from slimtune.preflight import budget_ms, preflight
 
     prep = preflight(spec, protocol)
     with machine_lock("shared"):

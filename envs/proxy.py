@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimtune.compress import prune_structure, quantize_weights
+from slimtune.compress import quantize_weights
 from slimtune.envs.problem import CompressionProblem
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.latency import LatencyStats, machine_lock
+from slimtune.methods.apply import prune_structure
 from slimtune.policy import Policy
 from slimtune.train import accuracy, predict, train
 

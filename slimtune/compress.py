@@ -1,5 +1,5 @@
-"""Apply a Policy to a model for real: remove channels, factorise the ``rank`` layers
-(``slimtune.lowrank``), then fake-quantize weights.
+"""Channel removal and weight rounding for real: the channel-pruning and quantization
+methods' own code (the whole policy is applied by :mod:`slimtune.methods.apply`).
 
 Channel removal is structural (torch-pruning shrinks the weight tensors of every layer
 coupled to a group), so params, MACs and the saved state_dict really drop. Which
@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from slimtune.depth import drop_blocks
+from slimtune.channel_order import channel_order
 from slimtune.errors import PolicyError
 from slimtune.layers import (
     ChannelGroup,
@@ -29,25 +29,36 @@ from slimtune.layers import (
 )
 from slimtune.layers import example_input as random_example
 from slimtune.lowrank import layer_modules
-from slimtune.methods.quantization import WeightQuantization
-from slimtune.methods.registry import methods
 from slimtune.policy import FLOAT_BITS, Policy
 
-__all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
-           "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
-           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels",
-           "weights_as_deployed"]
+__all__ = ["INT8_BITS", "PolicyError", "check_names", "count_macs_params", "fake_quantize",
+           "fake_quantized_layers", "group_kept", "kept_channels", "packed_size_bytes",
+           "remove_channels", "removed_channels", "runs_int8"]
 
 
-def check_policy(table: LayerTable, policy: Policy) -> None:
-    """Raise PolicyError unless ``policy`` was made for ``table``'s model and every
-    compression method's choices fit it (:meth:`CompressionMethod.check`: known groups,
-    layers and blocks; ``rank`` only on factorisable layers without sparsity or clusters)."""
+def check_names(table: LayerTable, policy: Policy) -> None:
+    """PolicyError unless ``policy`` was made for ``table``'s model and its ``prune`` and
+    ``bits`` keys name groups and layers of it (what this module's functions read; the
+    whole policy is checked by :func:`slimtune.methods.apply.check_policy`)."""
     if policy.model_signature and policy.model_signature != table.signature():
         raise PolicyError(f"policy was made for model {policy.model_signature}, "
                           f"this model is {table.signature()}")
-    for method in methods():
-        method.check(table, policy)
+    unknown = sorted(set(policy.prune) - {g.name for g in table.groups})
+    if unknown:
+        raise PolicyError(f"policy prunes unknown channel groups: {', '.join(unknown)}")
+    unknown = sorted(set(policy.bits) - {li.name for li in table.layers})
+    if unknown:
+        raise PolicyError(f"policy sets bits of unknown layers: {', '.join(unknown)}")
+
+
+#: a layer at this many bits or fewer runs as int8 on a runtime that has int8; 8-bit layers
+#: are not fake-quantized there (the runtime quantizes them, calibrated)
+INT8_BITS = 8
+
+
+def runs_int8(bits: int) -> bool:
+    """Whether a layer stored at ``bits`` runs as int8 on a runtime that has int8."""
+    return bits <= INT8_BITS
 
 
 def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
@@ -163,7 +174,7 @@ def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, rou
     share channel positions). Groups with nothing removed are left out. ``keep_order``:
     as in :func:`prune_structure`.
     """
-    check_policy(table, policy)
+    check_names(table, policy)
     with eval_mode(model):
         dg = dependency_graph(model, _example(model, table, example_input))
     keep_order = keep_order or _grouped_conv_order(model, table, policy)
@@ -173,38 +184,20 @@ def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, rou
 def _grouped_conv_order(model: nn.Module, table: LayerTable,
                         policy: Policy) -> Mapping[str, Sequence[int]] | None:
     """For a model with grouped (not depthwise) convs, the symmetric ranking of
-    :func:`slimtune.evaluators.supernet.channel_order`: torch-pruning slices a grouped
+    :func:`slimtune.channel_order.channel_order`: torch-pruning slices a grouped
     conv's input channels assuming every conv group loses the same positions, which
     plain L2 order does not guarantee (ResNeXt pruned at random weights broke)."""
     if not policy.prune or not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
         return None
-    from slimtune.evaluators.supernet.elastic import channel_order  # it builds on this module
-
     return channel_order(model, table)
-
-
-def prune_structure(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
-                    example_input: torch.Tensor | None = None,
-                    keep_order: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
-    """A copy of ``model`` with the policy's channels removed and its ``skip`` blocks
-    dropped (``nn.Identity``); weights not quantized.
-
-    Also rebuilds a pruned architecture, to ``load_state_dict`` saved pruned weights into.
-    ``keep_order`` maps a group's name to a ranking of all its root-layer channels, most
-    important first: the group then keeps a prefix of that ranking (a weight-sharing
-    supernet's fixed order) instead of its largest-L2 channels of ``model``.
-    """
-    check_policy(table, policy)
-    pruned = remove_channels(model, table, policy, round_to=round_to,
-                             example_input=example_input, keep_order=keep_order)
-    return drop_blocks(pruned, policy.skip)
 
 
 def remove_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
                     example_input: torch.Tensor | None = None,
                     keep_order: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
     """A copy of ``model`` with the policy's ``prune`` channels removed for real (the
-    channel-pruning method's restructure; :func:`prune_structure` also drops blocks)."""
+    channel-pruning method's restructure; :func:`slimtune.methods.apply.prune_structure`
+    also checks the policy and drops blocks)."""
     keep_order = keep_order or _grouped_conv_order(model, table, policy)
     pruned = copy.deepcopy(model)
     layers = _layers(pruned, table)
@@ -224,25 +217,6 @@ def remove_channels(model: nn.Module, table: LayerTable, policy: Policy, *, roun
         _check_runs(model, pruned, table, plan, _example(model, table, example_input),
                     round_to, keep_order)
     return pruned
-
-
-def compressed_structure(model: nn.Module, table: LayerTable, policy: Policy, *,
-                         round_to: int = 1,
-                         example_input: torch.Tensor | None = None) -> nn.Module:
-    """A copy of ``model`` with the policy's architecture: every structure method in
-    registry order (channels removed, blocks dropped, then the ``rank`` layers replaced
-    by their truncated-SVD factors); weights not quantized.
-
-    The architecture every trial trains, measures and saves; also what rebuilds it to
-    ``load_state_dict`` a saved compressed model into (the factors' SVD weights are then
-    overwritten). Rank fractions apply to the pruned layers' shapes.
-    """
-    check_policy(table, policy)
-    out = copy.deepcopy(model)  # methods may change the model they are given
-    for method in methods("structure"):
-        out = method.restructure(out, table, policy, round_to=round_to,
-                                 example_input=example_input)
-    return out
 
 
 def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) -> None:
@@ -274,7 +248,7 @@ def _check_runs(original: nn.Module, pruned: nn.Module, table: LayerTable,
             ratio = 1.0 - (table.group(name).channels - len(plan[name])) / \
                 table.group(name).channels
             alone = Policy(prune={name: min(ratio, 0.999)}, model_signature="")
-            prune_structure(original, table, alone, round_to=round_to, example_input=example,
+            remove_channels(original, table, alone, round_to=round_to, example_input=example,
                             keep_order=keep_order)
     raise _unsupported(table.group(next(iter(plan))), failure)
 
@@ -289,37 +263,6 @@ def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
     scale = flat.abs().amax(dim=1, keepdim=True) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return (torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale).reshape(weight.shape)
-
-
-def apply_policy(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
-                 example_input: torch.Tensor | None = None,
-                 fake_quant_8bit: bool = False) -> nn.Module:
-    """A compressed copy of ``model``; the argument is never changed.
-
-    Channels are removed and the policy's ``rank`` layers replaced by two truncated-SVD
-    factors (:mod:`slimtune.lowrank`) as in :func:`compressed_structure`. Then every layer
-    below 32 bits gets its weight (both factors' weights if factorised) fake-quantized in
-    place, except 8-bit layers unless ``fake_quant_8bit`` (they run as real int8 later in
-    ONNX Runtime; set it for a torch-only target), after the policy's per-layer
-    ``sparsity`` and ``clusters`` (Deep Compression, :mod:`slimtune.deep_compression`)
-    zero and share weights: :func:`weights_as_deployed`, the order a trial uses.
-    """
-    pruned = compressed_structure(model, table, policy, round_to=round_to,
-                                  example_input=example_input)
-    return weights_as_deployed(pruned, table, policy, include_8bit=fake_quant_8bit)
-
-
-def weights_as_deployed(model: nn.Module, table: LayerTable, policy: Policy, *,
-                        include_8bit: bool = False) -> nn.Module:
-    """In place, the policy's weight stage: every weight method in registry order, the one
-    order every path uses (a trial's fine-tune ends with its shared weights;
-    ``apply_policy`` and the export follow): Deep Compression's zeros and shared values
-    first, then the fake-quantization of layers below 32 bits (8-bit ones only if
-    ``include_8bit``). Idempotent on a model whose Deep Compression is already applied.
-    Returns ``model``."""
-    for method in methods("weights"):
-        model = method.transform_weights(model, table, policy, include_8bit=include_8bit)
-    return model
 
 
 def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
@@ -341,7 +284,8 @@ def quantize_weights(model: nn.Module, table: LayerTable, policy: Policy, *,
 def fake_quantized_layers(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
     """The layers :func:`quantize_weights` rounds, with their bits: below 32 bits, 8-bit
     ones only if ``include_8bit`` (quantisation-aware fine-tuning trains the same set)."""
-    return WeightQuantization.fake_quantized(policy, include_8bit=include_8bit)
+    return {name: bits for name, bits in policy.bits.items()
+            if bits < FLOAT_BITS and (bits != INT8_BITS or include_8bit)}
 
 
 def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> int:
@@ -353,7 +297,7 @@ def packed_size_bytes(model: nn.Module, table: LayerTable, policy: Policy) -> in
     be pruned and factorised: sizes are read from its actual tensors, and each factor's
     weight of a factorised layer is packed at the layer's bits.
     """
-    check_policy(table, policy)
+    check_names(table, policy)
     layers = _layer_modules(model, table)
     packed = {id(module.weight): bits for name, bits in policy.bits.items()
               if bits < FLOAT_BITS for module in layers[name].values()}

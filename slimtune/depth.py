@@ -16,13 +16,13 @@ first block of each stage always stays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
+from slimtune.blocks import drop_blocks, is_dropped
+from slimtune.compress import group_kept, remove_channels
 from slimtune.layers import LayerTable, eval_mode, example_input
-from slimtune.policy import under
+from slimtune.policy import Policy, under
 
 __all__ = ["drop_blocks", "droppable_blocks", "is_dropped", "under"]
 
@@ -46,9 +46,6 @@ _FOUND: dict[tuple, tuple[str, ...]] = {}
 
 
 def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
-    from slimtune.compress import group_kept, prune_structure
-    from slimtune.policy import Policy
-
     layers = [li.name for li in table.layers]
     names = []
     for parent_name, parent in model.named_modules():
@@ -64,7 +61,7 @@ def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
             break
         if group.channels - group_kept(group, 0.5) == 0:
             continue
-        pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))
+        pruned = remove_channels(model, table, Policy(prune={group.name: 0.5}))
         keep &= set(_shape_preserving(pruned, table, sorted(keep)))
     return tuple(n for n in names if n in keep)
 
@@ -89,25 +86,3 @@ def _shape_preserving(model: nn.Module, table: LayerTable, names: list[str]) -> 
         for h in handles:
             h.remove()
     return [n for n in names if same.get(n, False)]
-
-
-def drop_blocks(model: nn.Module, blocks: Iterable[str]) -> nn.Module:
-    """Replace each of ``blocks`` in ``model`` by ``nn.Identity`` (in place)."""
-    for name in blocks:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, nn.Identity())
-    return model
-
-
-def is_dropped(model: nn.Module, name: str) -> bool:
-    """Whether module ``name`` of the original model sits in a block ``model`` dropped."""
-    parts = name.split(".")
-    module = model
-    for part in parts[:-1]:
-        module = getattr(module, part, None)
-        if module is None:
-            return False
-        if isinstance(module, nn.Identity):
-            return True
-    return False

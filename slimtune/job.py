@@ -16,15 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slimtune.baseline import prepare_baseline
-from slimtune.data import Dataset
-from slimtune.errors import BudgetError, UserInputError
+from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
 from slimtune.evaluate.trial_eval import job_reference
-from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
-from slimtune.layers import LayerTable
+from slimtune.latency import MeasureProtocol, machine_lock
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
+from slimtune.preflight import budget_ms, preflight, uses_scoring
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
 from slimtune.resume import (
@@ -38,81 +37,12 @@ from slimtune.resume import (
     write_state,
 )
 from slimtune.search.base import Searcher
-from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
 from slimtune.tracking import PENDING_FILE, Tracker
 from slimtune.train import accuracy
 from slimtune.trial import TrialContext, deploy, measure
-from slimtune.validate import check_inputs
 
 log = logging.getLogger("slimtune")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What preflight found: data, layer table, space, and the latency bounds it measured."""
-
-    spec: JobSpec
-    data: Dataset
-    table: LayerTable
-    space: SearchSpace
-    baseline_ms: float
-    fastest_ms: float
-    fastest_policy: Policy
-
-
-def uses_scoring(spec: JobSpec) -> bool:
-    """True when the job scores candidates (``bn_recal``, ``supernet``) and fine-tunes only
-    the winners (slimtune.pipeline), rather than fine-tuning every trial."""
-    return spec.search.evaluator != "finetune"
-
-
-def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
-    b = spec.budget
-    return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
-
-
-def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepared:
-    """Every check before compute. Raises UserInputError with a one-line message.
-
-    The budget check measures two architectures on the target with untrained weights
-    (latency does not depend on the weight values): the baseline, and the smallest
-    model the space allows at each bit-width.
-    """
-    protocol = protocol or MeasureProtocol()
-    checked = check_inputs(spec)
-    data, model, table = checked.data, checked.model, checked.table
-    space = SearchSpace.for_spec(spec.space, table, model)
-    ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
-                       budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
-    policies = [Policy(), *space.most_aggressive()]
-    # timed interleaved, round by round: a load burst slows the baseline and the fastest
-    # models alike instead of deciding the budget check by itself
-    measured = _measure_policies(ctx, model, policies)
-    baseline_ms = measured[0].median_ms
-    fastest = list(zip(measured[1:], policies[1:], strict=True))
-    fastest_stats, fastest_policy = min(fastest, key=lambda t: t[0].median_ms)
-    fastest_ms = fastest_stats.median_ms
-    budget = budget_ms(spec, baseline_ms)
-    # refused only when no round of the fastest model fits: a budget within the timing
-    # noise of it (a sub-millisecond model) is a search that may still find a model
-    if budget < min(fastest_stats.round_medians_ms, default=fastest_ms):
-        raise BudgetError(
-            f"budget {budget:.3f} ms is below the fastest model the search space allows "
-            f"({fastest_ms:.3f} ms measured on the target; the baseline measures "
-            f"{baseline_ms:.3f} ms): raise the budget or allow larger prune ratios")
-    return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy)
-
-
-def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[LatencyStats]:
-    """Latency of each policy's architecture, measured interleaved on the target (int8
-    calibrated on training examples, as trials are)."""
-    from slimtune.predictor import measure_policies
-
-    calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
-    stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,
-                             protocol=ctx.protocol, interleave=True)
-    return list(stats)
 
 
 def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
@@ -230,8 +160,9 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         state = write_state(out_dir, parent_run_id=parent, study_name=study_name,
                             baseline=base_info)
 
+        from slimtune.ray_local import start_ray, stop_ray
         from slimtune.search import make_searcher
-        from slimtune.search.tune import run_search, start_ray, stop_ray
+        from slimtune.search.tune import run_search
 
         def problem_factory():  # the AMC env's problem, for ppo and agent warm starts
             from slimtune.envs.problem import problem_from_parts

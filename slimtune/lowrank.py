@@ -86,8 +86,8 @@ def layer_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
     was dropped; PolicyError when ``model`` has no such layer (the table was built from
     another model).
     """
-    from slimtune.compress import PolicyError
-    from slimtune.depth import is_dropped
+    from slimtune.blocks import is_dropped
+    from slimtune.errors import PolicyError
 
     if is_dropped(model, name):  # its block was dropped: nothing implements it
         return {}
@@ -136,7 +136,7 @@ def factorize(model: nn.Module, table: LayerTable, rank: dict[str, float]) -> nn
     ``worthwhile_rank`` are applied as given even though the factors then cost more MACs
     than the layer (a search learns to avoid them). Returns ``model``.
     """
-    from slimtune.compress import PolicyError
+    from slimtune.errors import PolicyError
 
     modules = dict(model.named_modules())
     known = {li.name for li in table.layers}

@@ -68,6 +68,6 @@ def copy_trial(out_dir: Path, trial_id: int, dest: Path) -> list[Path]:
 def load_compressed(path: Path) -> nn.Module:
     """Rebuild a compressed model (pruned, factorised) from a ``model.pt`` written by a
     trial: :func:`slimtune.deep_compression.load_trial` without the table and policy."""
-    from slimtune.deep_compression import load_trial
+    from slimtune.trial_model import load_trial
 
     return load_trial(path)[0]

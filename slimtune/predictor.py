@@ -22,252 +22,42 @@ every model on that target) and the calibration measurements next to it, per mod
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
-import socket
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from itertools import product
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from slimtune.baseline import cache_dir
 from slimtune.depth import under
 from slimtune.latency import MeasureProtocol
+from slimtune.layer_lut import LUT_PROTOCOL, LUT_VERSION, LayerConfig, LayerLUT, target_key
 from slimtune.layers import LayerInfo, LayerTable
 from slimtune.methods.quantization import runs_int8
-from slimtune.policy import Policy, write_text_atomic
-from slimtune.runtimes import get_runtime
+from slimtune.policy import Policy
+from slimtune.policy_timing import (
+    MODEL_PROTOCOL,
+    calibration_set,
+    measure_policies,
+    random_policies,
+    read_calibration,
+    write_calibration,
+)
 from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
+
+__all__ = ["LUT_PROTOCOL", "LUT_VERSION", "MODEL_PROTOCOL", "LatencyPredictor", "LayerConfig",
+           "LayerLUT", "PredictorReport", "build_predictor", "calibration_set", "error_report",
+           "measure_policies", "predictor_report", "random_policies", "target_key"]
 
 #: the predicted dimensions: widths, bit-widths and depth (Deep Compression, low rank and
 #: the recipe do not change a layer's configuration)
 _PLAIN = {"sparsity": (), "clusters": (), "rank": (), "distill": (), "temperature": (),
           "alpha": ()}
 
-LUT_VERSION = 3  # 3: entries are the fastest of interleaved rounds
-#: One-layer models are fast; a lighter protocol keeps building the table to about a minute.
-LUT_PROTOCOL = MeasureProtocol(warmup=5, rounds=4, repeats=10, min_seconds_per_round=0.05)
-#: Whole-model measurements for calibration and error reports.
-MODEL_PROTOCOL = MeasureProtocol(warmup=10, rounds=5, repeats=20, min_seconds_per_round=0.1)
-OPSET = 18
 FEATURES = ("fp32_sum", "int8_sum", "boundary", "mixed", "const")
-
-
-# --- layer configurations and their one-layer models ----------------------------------------
-
-
-@dataclass(frozen=True)
-class LayerConfig:
-    """One layer as the runtime sees it: everything its latency depends on."""
-
-    kind: str  # conv | depthwise | linear
-    in_channels: int
-    out_channels: int
-    groups: int
-    kernel: int
-    stride: int
-    padding: int
-    in_hw: tuple[int, int]
-    int8: bool
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        if self.kind == "linear":
-            return (1, 1)
-        h, w = self.in_hw
-        return tuple((s + 2 * self.padding - self.kernel) // self.stride + 1  # type: ignore
-                     for s in (h, w))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self.kind == "linear":
-            return (self.in_channels,)
-        return (self.in_channels, *self.in_hw)
-
-    def activations(self) -> int:
-        """Elements per example entering and leaving the layer."""
-        return (self.in_channels * self.in_hw[0] * self.in_hw[1]
-                + self.out_channels * self.out_hw[0] * self.out_hw[1])
-
-    def key(self, runtime: str, threads: int, batch_size: int) -> str:
-        h, w = self.in_hw
-        return (f"{runtime}/t{threads}/b{batch_size}/{self.kind}/{self.in_channels}x"
-                f"{self.out_channels}/g{self.groups}/k{self.kernel}s{self.stride}p{self.padding}"
-                f"/{h}x{w}/{'int8' if self.int8 else 'fp32'}")
-
-
-def _conv_onnx(cfg: LayerConfig) -> onnx.ModelProto:
-    """A one-layer ONNX model: Conv(+Relu) in fp32, or its QDQ int8 form (as quantize_onnx
-    writes it: u8 activations, per-channel s8 weights, int32 bias), dynamic batch."""
-    rng = np.random.default_rng(0)
-    linear = cfg.kind == "linear"
-    if linear:
-        w_shape = [cfg.out_channels, cfg.in_channels]
-        x_shape: list[Any] = ["batch", cfg.in_channels]
-        y_shape: list[Any] = ["batch", cfg.out_channels]
-    else:
-        w_shape = [cfg.out_channels, cfg.in_channels // cfg.groups, cfg.kernel, cfg.kernel]
-        x_shape = ["batch", cfg.in_channels, *cfg.in_hw]
-        y_shape = ["batch", cfg.out_channels, *cfg.out_hw]
-    weight = rng.standard_normal(w_shape).astype(np.float32) * 0.1
-    bias = rng.standard_normal(cfg.out_channels).astype(np.float32) * 0.1
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def init(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(array, name))
-        return name
-
-    if cfg.int8:
-        xs, xz = init("x_scale", np.float32(0.05)), init("x_zp", np.uint8(128))
-        init("y_scale", np.float32(0.05))
-        init("y_zp", np.uint8(0))
-        w_scale = (np.abs(weight).reshape(cfg.out_channels, -1).max(axis=1) / 63).astype(
-            np.float32)
-        wq = np.clip(np.round(weight / w_scale.reshape(-1, *[1] * (weight.ndim - 1))), -63, 63)
-        init("w_q", wq.astype(np.int8))
-        init("w_scale", w_scale)
-        init("w_zp", np.zeros(cfg.out_channels, np.int8))
-        b_scale = (w_scale * 0.05).astype(np.float32)
-        init("b_q", np.round(bias / b_scale).astype(np.int32))
-        init("b_scale", b_scale)
-        init("b_zp", np.zeros(cfg.out_channels, np.int32))
-        nodes += [
-            helper.make_node("QuantizeLinear", ["input", xs, xz], ["x_q"]),
-            helper.make_node("DequantizeLinear", ["x_q", xs, xz], ["x_dq"]),
-            helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=0),
-            helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zp"], ["b"], axis=0),
-        ]
-        x, w, b, y = "x_dq", "w", "b", "y_f"
-    else:
-        x, w, b, y = "input", init("w", weight), init("b", bias), "y_f"
-    if linear:
-        nodes.append(helper.make_node("Gemm", [x, w, b], [y], transB=1))
-    else:
-        p = cfg.padding
-        # int8: the ReLU disappears into the output quantiser (zero point 0), as ORT does it
-        conv_out = y if cfg.int8 else "conv"
-        nodes.append(helper.make_node("Conv", [x, w, b], [conv_out],
-                                      kernel_shape=[cfg.kernel] * 2, strides=[cfg.stride] * 2,
-                                      pads=[p, p, p, p], group=cfg.groups))
-        if not cfg.int8:
-            nodes.append(helper.make_node("Relu", ["conv"], [y]))
-    if cfg.int8:
-        nodes += [helper.make_node("QuantizeLinear", [y, "y_scale", "y_zp"], ["y_q"]),
-                  helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["output"])]
-    else:
-        nodes.append(helper.make_node("Identity", [y], ["output"]))
-    graph = helper.make_graph(
-        nodes, "layer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, y_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return model
-
-
-def _torch_layer(cfg: LayerConfig) -> nn.Module:
-    """The eager module of one layer as the models run it: conv-BN-ReLU, or a Linear."""
-    if cfg.kind == "linear":
-        return nn.Linear(cfg.in_channels, cfg.out_channels).eval()
-    return nn.Sequential(
-        nn.Conv2d(cfg.in_channels, cfg.out_channels, cfg.kernel, cfg.stride, cfg.padding,
-                  groups=cfg.groups, bias=False),
-        nn.BatchNorm2d(cfg.out_channels), nn.ReLU()).eval()
-
-
-# --- the lookup table ---------------------------------------------------------------------
-
-
-def target_key(spec: JobSpec) -> str:
-    """File-name-safe key of (target, runtime, threads, batch); ``local`` names this host."""
-    t = spec.target
-    where = f"local-{socket.gethostname()}" if t.is_local else t.name
-    raw = f"{where}_{t.runtime}_t{t.threads}_b{t.batch_size}"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
-
-
-@dataclass
-class LayerLUT:
-    """Measured milliseconds per layer configuration on one target, cached on disk."""
-
-    path: Path
-    target: str
-    runtime: str
-    threads: int
-    batch_size: int
-    protocol: MeasureProtocol = LUT_PROTOCOL
-    entries: dict[str, float] = field(default_factory=dict)
-    measured_now: int = 0
-    seconds: float = 0.0
-
-    @classmethod
-    def for_spec(cls, spec: JobSpec, protocol: MeasureProtocol = LUT_PROTOCOL) -> LayerLUT:
-        t = spec.target
-        path = cache_dir() / "latency_lut" / f"{target_key(spec)}.json"
-        lut = cls(path, t.name, t.runtime, t.threads, t.batch_size, protocol)
-        lut.entries.update(lut._read())
-        return lut
-
-    def _read(self) -> dict[str, float]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if data.get("version") != LUT_VERSION or data.get("protocol") != asdict(self.protocol):
-            return {}
-        return {k: float(v) for k, v in data.get("entries", {}).items()}
-
-    def save(self) -> None:
-        """Merge with what another process may have written meanwhile, then write atomically."""
-        merged = {**self._read(), **self.entries}
-        write_text_atomic(self.path, json.dumps({
-            "version": LUT_VERSION, "target": self.target, "runtime": self.runtime,
-            "threads": self.threads, "batch_size": self.batch_size,
-            "protocol": asdict(self.protocol), "entries": merged}, indent=0, sort_keys=True))
-
-    def key(self, cfg: LayerConfig) -> str:
-        return cfg.key(self.runtime, self.threads, self.batch_size)
-
-    def ensure(self, configs: Iterable[LayerConfig]) -> int:
-        """Measure the configurations not in the table yet; returns how many were measured."""
-        from slimtune.targets import measure_many_on_target
-
-        missing = {self.key(c): c for c in configs if self.key(c) not in self.entries}
-        if not missing:
-            return 0
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="slimtune-lut-") as tmp:
-            items: list[tuple[Any, tuple[int, ...]]] = []
-            takes_onnx = get_runtime(self.runtime).takes_onnx
-            for i, cfg in enumerate(missing.values()):
-                if not takes_onnx:
-                    items.append((_torch_layer(cfg), cfg.input_shape))
-                else:
-                    path = Path(tmp) / f"layer{i}.onnx"
-                    onnx.save(_conv_onnx(cfg), str(path))
-                    items.append((path, cfg.input_shape))
-            stats = measure_many_on_target(self.target, items, runtime=self.runtime,
-                                           batch_size=self.batch_size, threads=self.threads,
-                                           protocol=self.protocol, interleave=True)
-        for key, s in zip(missing, stats, strict=True):
-            # load from other processes only ever adds time: the fastest round is the
-            # best estimate of the layer's own cost (rounds are interleaved over entries)
-            self.entries[key] = min(s.round_medians_ms)
-        self.measured_now += len(missing)
-        self.seconds += time.perf_counter() - start
-        self.save()
-        return len(missing)
 
 
 # --- the predictor ------------------------------------------------------------------------
@@ -490,7 +280,7 @@ class LatencyPredictor:
         lut.ensure(configs)
         policies = list(calibration) if calibration is not None else calibration_set(
             space, calibration_policies, seed=seed)
-        points = _read_calibration(spec, table, policies, protocol)
+        points = read_calibration(spec, table, policies, protocol)
         todo = [p for p in policies if p.key() not in points]
         if todo:
             say(f"latency predictor: measuring {len(todo)} calibration policies")
@@ -499,7 +289,7 @@ class LatencyPredictor:
             # fastest of the interleaved rounds: the model's cost without others' load
             points.update({p.key(): min(m.round_medians_ms)
                            for p, m in zip(todo, measured, strict=True)})
-            _write_calibration(spec, table, points, protocol)
+            write_calibration(spec, table, points, protocol)
         predictor.fit([(p, points[p.key()]) for p in policies])
         return predictor
 
@@ -512,102 +302,6 @@ def build_predictor(spec: JobSpec, model: nn.Module, table: LayerTable,
     :meth:`LatencyPredictor.for_job`.
     """
     return LatencyPredictor.for_job(spec, model, table, **kwargs)
-
-
-# --- policies and their measurements --------------------------------------------------------
-
-
-def random_policies(space: SearchSpace, n: int, *, seed: int = 0) -> list[Policy]:
-    """``n`` policies with every choice drawn uniformly (what random search proposes)."""
-    rng = random.Random(seed)
-    dists = space.distributions()
-    return [space.policy_from_params({k: rng.choice(d.choices)  # type: ignore[attr-defined]
-                                      for k, d in dists.items()}) for _ in range(n)]
-
-
-def calibration_set(space: SearchSpace, n_random: int, *, seed: int = 0) -> list[Policy]:
-    """Uniform anchors (every ratio allowed, fp32 and all-int8) plus random policies."""
-    ratios = sorted({r for rs in space.ratios.values() for r in rs})
-    picks = [ratios[0], ratios[len(ratios) // 2], ratios[-1]]
-    if len(ratios) > 3:
-        picks.append(ratios[len(ratios) // 4])
-    bits = sorted({b for bs in space.bits.values() for b in bs})
-    anchors = [space.uniform(r, b) for r in sorted(set(picks)) for b in {bits[0], bits[-1]}]
-    out: dict[str, Policy] = {p.key(): p for p in anchors}
-    for p in random_policies(space, n_random, seed=seed + 1000):
-        out.setdefault(p.key(), p)
-    return list(out.values())
-
-
-def _calibration_path(spec: JobSpec, table: LayerTable, protocol: MeasureProtocol) -> Path:
-    h = hashlib.sha256(json.dumps([LUT_VERSION, table.signature(), spec.space.round_to,
-                                   asdict(protocol)])
-                       .encode()).hexdigest()[:12]
-    return cache_dir() / "latency_lut" / f"{target_key(spec)}.calib-{h}.json"
-
-
-def _read_calibration(spec: JobSpec, table: LayerTable, policies: Sequence[Policy],
-                      protocol: MeasureProtocol) -> dict[str, float]:
-    try:
-        data = json.loads(_calibration_path(spec, table, protocol).read_text())
-    except (OSError, ValueError):
-        return {}
-    wanted = {p.key() for p in policies}
-    return {k: float(v) for k, v in data.get("measured_ms", {}).items() if k in wanted}
-
-
-def _write_calibration(spec: JobSpec, table: LayerTable, points: Mapping[str, float],
-                       protocol: MeasureProtocol) -> None:
-    path = _calibration_path(spec, table, protocol)
-    try:
-        old = json.loads(path.read_text()).get("measured_ms", {})
-    except (OSError, ValueError):
-        old = {}
-    write_text_atomic(path, json.dumps({"signature": table.signature(),
-                                        "measured_ms": {**old, **points}}, sort_keys=True))
-
-
-def measure_policies(spec: JobSpec, model: nn.Module, table: LayerTable,
-                     policies: Sequence[Policy], *, calibration_x: np.ndarray | None = None,
-                     protocol: MeasureProtocol = MODEL_PROTOCOL,
-                     interleave: bool = True) -> list[Any]:
-    """Prune, deploy (ONNX + int8 QDQ, or the torch module) and measure each policy on the
-    target, as a trial's latency gate does; returns LatencyStats.
-
-    ``interleave`` (default) measures the policies round-robin, so a burst of load on a
-    shared machine is spread over all of them (not cached); otherwise each is measured
-    alone through the latency cache, exactly as a trial does."""
-    from slimtune.compress import compressed_structure
-    from slimtune.export import export_onnx, quantize_onnx
-    from slimtune.latency import machine_lock
-    from slimtune.targets import measure_many_on_target, measure_on_target
-    from slimtune.trial import int8_layers
-
-    t = spec.target
-    shape = table.input_shape
-    if calibration_x is None:
-        n = spec.finetune.calibration_size
-        calibration_x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
-    subjects: list[Any] = []
-    with tempfile.TemporaryDirectory(prefix="slimtune-policies-") as tmp:
-        for i, policy in enumerate(policies):
-            with machine_lock("shared"):
-                pruned = compressed_structure(model, table, policy,
-                                              round_to=spec.space.round_to)
-                subject: Any = pruned
-                if t.backend.takes_onnx:
-                    fp32 = export_onnx(pruned, shape, Path(tmp) / f"p{i}.fp32.onnx")
-                    subject = quantize_onnx(fp32, Path(tmp) / f"p{i}.onnx",
-                                            int8_layers=int8_layers(policy, pruned),
-                                            calibration=calibration_x)
-            subjects.append(subject)
-        if interleave:
-            return measure_many_on_target(t.name, [(s, shape) for s in subjects],
-                                          runtime=t.runtime, batch_size=t.batch_size,
-                                          threads=t.threads, protocol=protocol, interleave=True)
-        return [measure_on_target(t.name, s, runtime=t.runtime, input_shape=shape,
-                                  batch_size=t.batch_size, threads=t.threads, protocol=protocol)
-                for s in subjects]
 
 
 def predictor_report(predictor: LatencyPredictor, model: nn.Module, n: int, *, seed: int = 1,

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimtune.compress import group_kept, prune_structure
+from slimtune.compress import group_kept
 from slimtune.layers import LayerTable
+from slimtune.methods.apply import prune_structure
 from slimtune.policy import Policy
 
 

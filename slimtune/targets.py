@@ -346,7 +346,7 @@ def connect_target(name: str, threads: int, address: str | None, *,
     if not address:
         raise UserInputError(f"target {name!r} is a Ray node: give the cluster's address "
                              "(--address HEAD:6379, or RAY_ADDRESS)")
-    from slimtune.search.tune import start_ray, stop_ray
+    from slimtune.ray_local import start_ray, stop_ray
 
     start_ray(address, verbose=verbose)
     try:

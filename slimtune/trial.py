@@ -26,25 +26,22 @@ import torch
 from torch import nn
 
 from slimtune.baseline import build_model
-from slimtune.compress import (
-    compressed_structure,
-    count_macs_params,
-    weights_as_deployed,
-)
+from slimtune.compress import count_macs_params
 from slimtune.data import Dataset
-from slimtune.deep_compression import policy_size_bytes
+from slimtune.deployed import Deployed
 from slimtune.evaluate import violations
 from slimtune.evaluate.suite import BehaviourReference
 from slimtune.evaluate.trial_eval import evaluate_trial
-from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
+from slimtune.export import export_onnx, quantize_onnx
 from slimtune.finetune import finetune
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.methods.apply import compressed_structure, policy_size_bytes, weights_as_deployed
 from slimtune.methods.quantization import WeightQuantization
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
-from slimtune.train import accuracy, predict
+from slimtune.train import accuracy
 
 LAYERS_FILE = "layers.json"
 
@@ -70,19 +67,6 @@ class TrialContext:
                             input_shape=self.data.input_shape)
         model.load_state_dict(self.baseline_state)
         return model.eval()
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """A compressed model in the form the target runs it."""
-
-    model: nn.Module
-    onnx_path: Path | None  # None for a runtime that consumes the module (torch)
-
-    def logits(self, x: torch.Tensor, threads: int) -> torch.Tensor:
-        if self.onnx_path is None:
-            return predict(self.model, x)
-        return torch.from_numpy(onnx_predict(onnx_session(self.onnx_path, threads=threads), x))
 
 
 def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:

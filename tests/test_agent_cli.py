@@ -101,3 +101,32 @@ def test_train_apply_and_warm_start_flow(tmp_path, capsys):
     results = read_trials(out3)
     assert len(results) == 2 and len({r.policy.key() for r in results}) == 2
     assert (out3 / "agent.zip").is_file()
+
+
+@pytest.mark.slow
+def test_ppo_on_the_supernet_then_apply_with_a_supernet_of_its_own(tmp_path, capsys):
+    """Episodes scored by the job's supernet (one in N timed); apply on another family
+    builds that model's own supernet for its final check (score, timing, fine-tune)."""
+    scoring = {"search": {"evaluator": "supernet", "candidates": 4, "trials": 1},
+               "supernet": {"steps": 4}, "finalize": {"top_k": 1, "epochs": 1}}
+    job = write_job(tmp_path, budget={"latency_fraction": 0.8}, target={"batch_size": 16},
+                    agent={"timesteps": 48, "n_steps": 24, "batch_size": 12},
+                    env={"measure_every": 3}, **scoring)
+    agent = tmp_path / "agent.zip"
+    assert main(["agent", "train", str(job), "--out", str(agent)]) == 0
+    captured = capsys.readouterr()
+    assert "episodes scored by the supernet evaluator" in captured.err
+    assert agent.is_file() and "episodes" in captured.out
+    supernets = tmp_path / "cache" / "supernets"
+    assert len(list(supernets.glob("*.pt"))) == 1
+
+    other = write_job(tmp_path, "other.yaml", model={"arch": "tiny_concat"},
+                      budget={"latency_fraction": 0.9}, target={"batch_size": 16}, **scoring)
+    out = tmp_path / "applied"
+    assert main(["apply", "--agent", str(agent), str(other), "--out", str(out)]) == 0
+    assert len(list(supernets.glob("*.pt"))) == 2  # tiny_concat's own supernet
+    rows = read_trials(out)
+    searched = [r for r in rows if not r.reference]
+    assert len(searched) == 1 and searched[0].searcher == "agent"
+    assert searched[0].policy == Policy.load(out / "policy.json")
+    assert searched[0].score is not None  # scored by tiny_concat's supernet

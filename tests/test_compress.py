@@ -12,14 +12,13 @@ from torch import nn
 
 from slimtune.compress import (
     PolicyError,
-    apply_policy,
     count_macs_params,
     kept_channels,
     packed_size_bytes,
-    prune_structure,
     removed_channels,
 )
 from slimtune.layers import LayerTable, build_layer_table
+from slimtune.methods.apply import apply_policy, prune_structure
 from slimtune.policy import Policy
 from tests.test_layers import NETS, SHAPE, CatNet, PlainNet, TinyMobileNet, TinyResNet, make
 

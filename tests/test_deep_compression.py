@@ -10,21 +10,20 @@ import pytest
 import torch
 
 from slimtune.cli import main
-from slimtune.compress import PolicyError, apply_policy
-from slimtune.deep_compression import (
+from slimtune.compress import PolicyError
+from slimtune.compressed_file import (
     MAGIC,
     CompressedFileError,
     _huffman_decode,
     _huffman_encode,
     _Reader,
-    compress_weights,
-    keep_sparsity,
     read_compressed,
-    sparsity_masks,
     write_compressed,
 )
+from slimtune.deep_compression import compress_weights, keep_sparsity, sparsity_masks
 from slimtune.export import export_onnx, onnx_predict, onnx_session
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import apply_policy
 from slimtune.models import build_builtin
 from slimtune.policy import Policy
 
@@ -282,7 +281,8 @@ def test_space_spec_validates_choices() -> None:
 
 
 def test_trial_finetune_helpers(net, tmp_path: Path) -> None:
-    from slimtune.deep_compression import finetune_compressed, policy_size_bytes
+    from slimtune.deep_compression import finetune_compressed
+    from slimtune.methods.apply import policy_size_bytes
 
     model, table = net
     model = copy.deepcopy(model).train()

@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.compress import PolicyError, check_policy, compressed_structure, packed_size_bytes
+from slimtune.compress import PolicyError, packed_size_bytes
 from slimtune.data import Split
 from slimtune.depth import droppable_blocks
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.evaluators.supernet import MaskedSupernet, channel_order
 from slimtune.evaluators.supernet.sandwich import random_policy, smallest_policy
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import check_policy, compressed_structure
 from slimtune.models import BUILTIN_ARCHS
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from slimtune.cli import main
-from slimtune.compress import compressed_structure, prune_structure
 from slimtune.data import load_dataset
 from slimtune.errors import SpecError
 from slimtune.hints import HintLayerError, feature_hints, hint_layer_names
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import compressed_structure, prune_structure
 from slimtune.models import build_builtin
 from slimtune.policy import Policy
 from slimtune.spec import parse_spec

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from slimtune.compress import apply_policy, count_macs_params
-from slimtune.deep_compression import compress_weights, read_compressed, write_compressed
+from slimtune.compress import count_macs_params
+from slimtune.compressed_file import read_compressed, write_compressed
+from slimtune.deep_compression import compress_weights
 from slimtune.errors import UserInputError
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import apply_policy
 from slimtune.models import build_builtin
 from slimtune.policy import Policy
 

@@ -14,16 +14,9 @@ import torch
 from torch import nn
 
 from slimtune.cli import main
-from slimtune.compress import (
-    PolicyError,
-    apply_policy,
-    compressed_structure,
-    count_macs_params,
-    packed_size_bytes,
-    prune_structure,
-)
+from slimtune.compress import PolicyError, count_macs_params, packed_size_bytes
+from slimtune.compressed_file import read_compressed
 from slimtune.data import load_dataset
-from slimtune.deep_compression import load_trial, read_compressed
 from slimtune.errors import SpecError
 from slimtune.export import (
     export_onnx,
@@ -35,6 +28,7 @@ from slimtune.export import (
 from slimtune.latency import MeasureProtocol
 from slimtune.layers import build_layer_table
 from slimtune.lowrank import factorize, layer_modules, worthwhile_rank
+from slimtune.methods.apply import apply_policy, compressed_structure, prune_structure
 from slimtune.models import build_builtin
 from slimtune.models.zoo import ZOO
 from slimtune.outputs import append_trial, load_compressed
@@ -44,6 +38,7 @@ from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import parse_spec
 from slimtune.trial import TrialContext, int8_layers, run_trial
+from slimtune.trial_model import load_trial
 from tests.jobs import tiny_job, write_job
 
 SHAPE = (1, 16, 16)

@@ -67,7 +67,7 @@ def test_a_toy_method_from_the_tests_runs_through_a_trial(tmp_path, zero_bias):
     assert json.loads((tmp_path / "trials" / "0" / "policy.json").read_text())["zero_bias"]
     with pytest.raises(PolicyError, match="zero_bias of unknown layers: nope"):
         run_trial_policy = Policy(extra={"zero_bias": {"nope": 1}})
-        from slimtune.compress import check_policy
+        from slimtune.methods.apply import check_policy
 
         check_policy(ctx.table, run_trial_policy)
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from slimtune.baseline import build_model
-from slimtune.compress import apply_policy
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import apply_policy
 from slimtune.models import LogitsOf, ModelError, load_weights, output_note
 from slimtune.models.logits import adapt_output
 from slimtune.policy import Policy

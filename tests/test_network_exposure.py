@@ -38,7 +38,7 @@ RAY_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRE
 LOCAL_JOB = """
 import os, sys
 import ray
-from slimtune.search.tune import start_ray, stop_ray
+from slimtune.ray_local import start_ray, stop_ray
 start_ray(num_cpus=1)
 ray.get(ray.remote(lambda: os.getpid()).remote())
 node = ray.nodes()[0]

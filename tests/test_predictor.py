@@ -112,7 +112,7 @@ def test_the_table_covers_the_space_and_is_cached(tiny, tmp_path: Path,
 
 def test_configs_match_the_really_pruned_layers(tiny) -> None:
     spec, model, table = tiny
-    from slimtune.compress import prune_structure
+    from slimtune.methods.apply import prune_structure
     from slimtune.shapes import ChannelMap
 
     pred = LatencyPredictor(spec, table, ChannelMap.probe(model, table, round_to=2),

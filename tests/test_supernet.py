@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.compress import PolicyError, prune_structure, removed_channels
+from slimtune.compress import PolicyError, removed_channels
 from slimtune.data import Split
 from slimtune.envs.proxy import recalibrate_bn
 from slimtune.evaluators.supernet import MaskedSupernet, channel_order
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import prune_structure
 from slimtune.models import BUILTIN_ARCHS
 from slimtune.models.zoo import ZOO
 from slimtune.policy import Policy

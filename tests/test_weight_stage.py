@@ -7,9 +7,15 @@ from dataclasses import replace
 
 import torch
 
-from slimtune.compress import apply_policy, compressed_structure, weights_as_deployed
-from slimtune.deep_compression import compress_weights, encode_state, policy_size_bytes
+from slimtune.compressed_file import encode_state
+from slimtune.deep_compression import compress_weights
 from slimtune.finetune import finetune
+from slimtune.methods.apply import (
+    apply_policy,
+    compressed_structure,
+    policy_size_bytes,
+    weights_as_deployed,
+)
 from slimtune.policy import Policy
 from slimtune.trial import deployed_size_bytes, run_trial
 from tests.jobs import tiny_trial_context

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.compress import PolicyError, apply_policy, count_macs_params, prune_structure
+from slimtune.compress import PolicyError, count_macs_params
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.layers import build_layer_table
+from slimtune.methods.apply import apply_policy, prune_structure
 from slimtune.models.zoo import ZOO, HeadAttention
 from slimtune.policy import Policy
 from slimtune.shapes import ChannelMap

@@ -90,8 +90,10 @@ def _export_registered(args: argparse.Namespace) -> int:
 
 
 def _export_compressed(args: argparse.Namespace, trial: int) -> int:
-    from slimtune.deep_compression import load_trial, with_uniform, write_compressed
+    from slimtune.compressed_file import write_compressed
+    from slimtune.deep_compression import with_uniform
     from slimtune.policy import MAX_CLUSTERS, MIN_CLUSTERS
+    from slimtune.trial_model import load_trial
 
     if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
         raise UserInputError(f"--sparsity must be in [0, 1), got {args.sparsity}")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from slimtune.compress import check_policy
+    from slimtune.methods.apply import check_policy
     from slimtune.policy import Policy
     from slimtune.targets import connect_target
     from slimtune.validate import check_inputs
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             out = _measure(spec, checked, policy or Policy(), args.policy)
     finally:
         if not spec.target.is_local:
-            from slimtune.search.tune import stop_ray
+            from slimtune.ray_local import stop_ray
 
             stop_ray()
     text = out.pop("_text")
@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
-    from slimtune.compress import compressed_structure, count_macs_params
+    from slimtune.compress import count_macs_params
     from slimtune.latency import machine_lock
+    from slimtune.methods.apply import compressed_structure
     from slimtune.methods.quantization import WeightQuantization
     from slimtune.trial import TrialContext, deploy, measure
 

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from slimtune.deep_compression import read_compressed, stored_sizes
+    from slimtune.compressed_file import read_compressed, stored_sizes
 
     state = read_compressed(args.file)
     sizes = stored_sizes(args.file)
@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import copy
 
-    from slimtune.deep_compression import compress_weights, load_trial, with_uniform
+    from slimtune.deep_compression import compress_weights, with_uniform
     from slimtune.errors import UserInputError
+    from slimtune.trial_model import load_trial
 
     model, table, policy = load_trial(args.check)
     try:

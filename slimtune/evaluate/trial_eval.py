@@ -56,8 +56,8 @@ def job_reference(ctx: Any, model: nn.Module, baseline_dir: Path) -> BehaviourRe
     """The reference of a job, once, from the deployed baseline (``baseline_dir/model.onnx``;
     the torch model for gradients), with the baseline's own metrics; the baseline's
     saliency maps and their inputs go to ``baseline_dir/saliency.npz`` for the report."""
+    from slimtune.deployed import Deployed
     from slimtune.evaluate.saliency import SALIENCY_KEPT
-    from slimtune.trial import Deployed
 
     onnx = baseline_dir / "model.onnx"
     deployed = Deployed(model, onnx if ctx.spec.target.backend.takes_onnx else None)

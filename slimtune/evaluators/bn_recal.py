@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from slimtune.compress import compressed_structure, quantize_weights
+from slimtune.compress import quantize_weights
 from slimtune.data import Split
 from slimtune.evaluators.base import Evaluator
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.layers import LayerTable
+from slimtune.methods.apply import compressed_structure
 from slimtune.policy import Policy
 from slimtune.train import accuracy, predict
 

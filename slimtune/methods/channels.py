@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimtune.compress import remove_channels
 from slimtune.errors import PolicyError
 from slimtune.layers import LayerTable
 from slimtune.methods.base import CompressionMethod, names
@@ -24,7 +25,5 @@ class ChannelPruning(CompressionMethod):
 
     def restructure(self, model: nn.Module, table: LayerTable, policy: Policy, *,
                     round_to: int = 1, example_input: torch.Tensor | None = None) -> nn.Module:
-        from slimtune.compress import remove_channels
-
         return remove_channels(model, table, policy, round_to=round_to,
                                example_input=example_input)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from slimtune.compressed_file import encode_state
+from slimtune.deep_compression import compress_weights, finetune_compressed
 from slimtune.layers import LayerTable
 from slimtune.methods.base import CompressionMethod
 from slimtune.policy import Policy
@@ -24,21 +26,15 @@ class DeepCompression(CompressionMethod):
 
     def during_finetune(self, model: nn.Module, table: LayerTable, policy: Policy,
                         recipe: FinetuneSpec, *, include_8bit: bool) -> AbstractContextManager:
-        from slimtune.deep_compression import finetune_compressed
-
         return finetune_compressed(model, table, policy)
 
     def transform_weights(self, model: nn.Module, table: LayerTable, policy: Policy, *,
                           include_8bit: bool = False) -> nn.Module:
         if self.active(policy):
-            from slimtune.deep_compression import compress_weights
-
             compress_weights(model, table, policy)
         return model
 
     def size_bytes(self, model: nn.Module, table: LayerTable, policy: Policy) -> int | None:
         if not self.active(policy):
             return None
-        from slimtune.deep_compression import encode_state
-
         return len(encode_state(model, table, policy))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimtune.blocks import drop_blocks
 from slimtune.errors import PolicyError
 from slimtune.layers import LayerTable
 from slimtune.methods.base import CompressionMethod, names
@@ -25,6 +26,4 @@ class Depth(CompressionMethod):
 
     def restructure(self, model: nn.Module, table: LayerTable, policy: Policy, *,
                     round_to: int = 1, example_input: torch.Tensor | None = None) -> nn.Module:
-        from slimtune.depth import drop_blocks
-
         return drop_blocks(model, policy.skip)

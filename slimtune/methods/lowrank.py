@@ -8,6 +8,7 @@ from torch import nn
 
 from slimtune.errors import PolicyError
 from slimtune.layers import LayerTable
+from slimtune.lowrank import factorizable, factorize
 from slimtune.methods.base import CompressionMethod, names
 from slimtune.policy import Policy
 
@@ -19,8 +20,6 @@ class LowRank(CompressionMethod):
 
     def check(self, table: LayerTable, policy: Policy) -> None:
         super().check(table, policy)
-        from slimtune.lowrank import factorizable
-
         grouped = [li for li in table.layers if li.name in policy.rank and not factorizable(li)]
         if grouped:
             raise PolicyError(f"layer {grouped[0].name!r} is a grouped/depthwise conv "
@@ -33,7 +32,5 @@ class LowRank(CompressionMethod):
     def restructure(self, model: nn.Module, table: LayerTable, policy: Policy, *,
                     round_to: int = 1, example_input: torch.Tensor | None = None) -> nn.Module:
         if policy.rank:
-            from slimtune.lowrank import factorize
-
             factorize(model, table, dict(policy.rank))
         return model

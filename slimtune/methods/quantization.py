@@ -11,21 +11,14 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from slimtune.compress import fake_quantized_layers, quantize_weights, runs_int8
 from slimtune.layers import LayerTable
 from slimtune.methods.base import CompressionMethod
-from slimtune.policy import FLOAT_BITS, Policy
+from slimtune.policy import Policy
+from slimtune.qat import quantization_aware
 
 if TYPE_CHECKING:
     from slimtune.spec import FinetuneSpec
-
-#: a layer at this many bits or fewer runs as int8 on a runtime that has int8
-INT8_BITS = 8
-
-
-def runs_int8(bits: int) -> bool:
-    """Whether a layer stored at ``bits`` runs as int8 on a runtime that has int8."""
-    return bits <= INT8_BITS
-
 
 class WeightQuantization(CompressionMethod):
     name = "quantization"
@@ -36,14 +29,10 @@ class WeightQuantization(CompressionMethod):
                         recipe: FinetuneSpec, *, include_8bit: bool) -> AbstractContextManager:
         if not recipe.qat:
             return contextlib.nullcontext()
-        from slimtune.qat import quantization_aware
-
         return quantization_aware(model, table, policy, include_8bit=include_8bit)
 
     def transform_weights(self, model: nn.Module, table: LayerTable, policy: Policy, *,
                           include_8bit: bool = False) -> nn.Module:
-        from slimtune.compress import quantize_weights
-
         return quantize_weights(model, table, policy, include_8bit=include_8bit)
 
     @staticmethod
@@ -55,5 +44,4 @@ class WeightQuantization(CompressionMethod):
     def fake_quantized(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
         """The layers whose weights are rounded in torch, with their bits: below 32 bits,
         8-bit ones only if ``include_8bit`` (a runtime without int8)."""
-        return {n: b for n, b in policy.bits.items()
-                if b < FLOAT_BITS and (b != INT8_BITS or include_8bit)}
+        return fake_quantized_layers(policy, include_8bit=include_8bit)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slimtune.compress import compressed_structure, count_macs_params, packed_size_bytes
+from slimtune.compress import count_macs_params, packed_size_bytes
 from slimtune.latency import machine_lock
+from slimtune.methods.apply import compressed_structure
 from slimtune.paired import PairedLatency, measure_paired, scaled
 from slimtune.result import TrialResult
 from slimtune.screening import SLACK, Screen

@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from slimtune.baseline import cache_dir
-from slimtune.compress import PolicyError, check_policy
+from slimtune.compress import PolicyError
 from slimtune.data import Split
 from slimtune.evaluators.base import Evaluator
 from slimtune.evaluators.bn import recalibrate_bn
@@ -32,6 +32,7 @@ from slimtune.evaluators.supernet.cache import FORMAT, read_payload, supernet_ke
 from slimtune.evaluators.supernet.elastic import MaskedSupernet, channel_order
 from slimtune.evaluators.supernet.sandwich import SandwichRecipe, train_supernet
 from slimtune.layers import LayerTable
+from slimtune.methods.apply import check_policy
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
 from slimtune.train import accuracy, predict

@@ -1,0 +1,90 @@
+"""Preflight: every check of a job before compute, and the latency bounds it measures.
+
+The inputs (spec, data, model, layer table: :func:`slimtune.validate.check_inputs`), the
+job's search space, and the budget against the baseline and the fastest models the space
+allows, timed interleaved on the target. One-line errors (exit 2), nothing written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimtune.data import Dataset
+from slimtune.errors import BudgetError
+from slimtune.latency import LatencyStats, MeasureProtocol
+from slimtune.layers import LayerTable
+from slimtune.policy import Policy
+from slimtune.spaces import SearchSpace
+from slimtune.spec import JobSpec
+from slimtune.trial import TrialContext
+from slimtune.validate import check_inputs
+
+__all__ = ["Prepared", "budget_ms", "preflight", "uses_scoring"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preflight found: data, layer table, space, and the latency bounds it measured."""
+
+    spec: JobSpec
+    data: Dataset
+    table: LayerTable
+    space: SearchSpace
+    baseline_ms: float
+    fastest_ms: float
+    fastest_policy: Policy
+
+
+def uses_scoring(spec: JobSpec) -> bool:
+    """True when the job scores candidates (``bn_recal``, ``supernet``) and fine-tunes only
+    the winners (slimtune.pipeline), rather than fine-tuning every trial."""
+    return spec.search.evaluator != "finetune"
+
+
+def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
+    b = spec.budget
+    return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
+
+
+def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepared:
+    """Every check before compute. Raises UserInputError with a one-line message.
+
+    The budget check measures two architectures on the target with untrained weights
+    (latency does not depend on the weight values): the baseline, and the smallest
+    model the space allows at each bit-width.
+    """
+    protocol = protocol or MeasureProtocol()
+    checked = check_inputs(spec)
+    data, model, table = checked.data, checked.model, checked.table
+    space = SearchSpace.for_spec(spec.space, table, model)
+    ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
+                       budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
+    policies = [Policy(), *space.most_aggressive()]
+    # timed interleaved, round by round: a load burst slows the baseline and the fastest
+    # models alike instead of deciding the budget check by itself
+    measured = _measure_policies(ctx, model, policies)
+    baseline_ms = measured[0].median_ms
+    fastest = list(zip(measured[1:], policies[1:], strict=True))
+    fastest_stats, fastest_policy = min(fastest, key=lambda t: t[0].median_ms)
+    fastest_ms = fastest_stats.median_ms
+    budget = budget_ms(spec, baseline_ms)
+    # refused only when no round of the fastest model fits: a budget within the timing
+    # noise of it (a sub-millisecond model) is a search that may still find a model
+    if budget < min(fastest_stats.round_medians_ms, default=fastest_ms):
+        raise BudgetError(
+            f"budget {budget:.3f} ms is below the fastest model the search space allows "
+            f"({fastest_ms:.3f} ms measured on the target; the baseline measures "
+            f"{baseline_ms:.3f} ms): raise the budget or allow larger prune ratios")
+    return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy)
+
+
+def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[LatencyStats]:
+    """Latency of each policy's architecture, measured interleaved on the target (int8
+    calibrated on training examples, as trials are)."""
+    from slimtune.predictor import measure_policies
+
+    calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+    stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,
+                             protocol=ctx.protocol, interleave=True)
+    return list(stats)
