@@ -45,7 +45,7 @@ DC_SETTINGS = [(0.5, 32), (0.7, 32)]  # (sparsity, clusters): deep_compression.j
 def _spec(base: dict, name: str, out: Path, *, space: dict, search: dict,
           budget: dict) -> JobSpec:
     data = {**base, "name": name, "space": {"round_to": 8, **space}, "budget": budget,
-            "search": {"warm_start": "uniform", **search},
+            "search": {"warm_start": "uniform", "evaluator": "finetune", **search},
             "tracking": {"uri": f"sqlite:///{(out / 'mlruns.db').resolve()}",
                          "experiment": "methods"}}
     return parse_spec(data)

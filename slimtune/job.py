@@ -171,7 +171,10 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                                       baseline_ms=base_info["latency_ms"], budget_ms=budget)
 
         given = searcher
-        scoring = given is None and uses_scoring(spec)
+        # a given searcher (slimtune apply's fixed policy) is scored like any other: with a
+        # scoring evaluator its policy is scored, timed paired and finalized beside the
+        # references, on this model's own evaluator (its supernet)
+        scoring = uses_scoring(spec)
         searcher = given or make_searcher(
             spec.search.searcher, prep.space, seed=spec.search.seed,
             trials=spec.search.candidates if scoring else spec.search.trials,

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     policy.save(outcome.out_dir / "policy.json")
     save_layer_table(outcome.out_dir, problem.table)
     print_summary(outcome)
-    result = outcome.results[0]
-    print(f"policy:     {outcome.out_dir / 'policy.json'}  ({result.state}: "
-          f"{result.latency_ms:.3f} ms measured, budget {outcome.budget_ms:.3f} ms)")
+    result = next(r for r in outcome.results if not r.reference)  # the agent's policy
+    timed = f"{result.latency_ms:.3f} ms measured" if result.latency_ms is not None \
+        else "not timed: predicted beyond the budget"
+    print(f"policy:     {outcome.out_dir / 'policy.json'}  ({result.state}, {result.stage}: "
+          f"{timed}, budget {outcome.budget_ms:.3f} ms)")
     return 0
