@@ -99,12 +99,13 @@ class ProxyEvaluator:
             quantize_weights(model, p.table, policy, include_8bit=True)
             val = p.data.val
             n = min(env.proxy_val_size, len(val))
-            acc = accuracy(predict(model, val.x[:n]), val.y[:n])
+            first = val.first(n)
+            acc = accuracy(predict(model, first), first.y)
             if not self.groups:
                 return acc, {}
             from slimtune.evaluate.suite import EvalInputs, evaluate_behaviour
 
-            inputs = EvalInputs(logits=predict(model, p.data.test.x), data=p.data,
+            inputs = EvalInputs(logits=predict(model, p.data.test), data=p.data,
                                 logits_fn=lambda x: predict(model, x), model=model,
                                 reference=self._reference())
             return acc, evaluate_behaviour(self.groups, inputs).metrics

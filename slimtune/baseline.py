@@ -67,8 +67,13 @@ _LATER_KEYS = {"model": ("output_key",),
                "data": ("import_", "folder", "npz", "size", "mean", "std", "channels")}
 
 
+# How the data is loaded, not what it is: never part of the key.
+_LOADING_KEYS = {"model": set(), "data": {"workers", "batch_size"}}
+
+
 def _dump(section: BaseModel, name: str, **kwargs: Any) -> dict[str, Any]:
-    data = section.model_dump(mode="json", **kwargs)
+    exclude = set(kwargs.pop("exclude", set())) | _LOADING_KEYS[name]
+    data = section.model_dump(mode="json", exclude=exclude, **kwargs)
     return {k: v for k, v in data.items() if v is not None or k not in _LATER_KEYS[name]}
 
 

@@ -109,7 +109,7 @@ def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[
     calibrated on training examples, as trials are)."""
     from slimtune.predictor import measure_policies
 
-    calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+    calib = ctx.data.train.head(ctx.spec.finetune.calibration_size).x.numpy()
     stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,
                              protocol=ctx.protocol, interleave=True)
     return list(stats)
@@ -337,8 +337,8 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
     stats = measure(ctx, deployed)
     threads = ctx.spec.target.threads
     with machine_lock("shared"):
-        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
-        test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+        val = accuracy(deployed.logits(ctx.data.val, threads), ctx.data.val.y)
+        test = accuracy(deployed.logits(ctx.data.test, threads), ctx.data.test.y)
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
     return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
             "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,

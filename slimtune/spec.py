@@ -68,7 +68,9 @@ class DataSpec(_Strict):
     returning train/val/test ``torch.utils.data.Dataset``s), ``folder`` (an ImageFolder
     tree: ``DIR/train/<class>/*.png``, ``val/``, ``test/``) or ``npz`` (``x_train``,
     ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``). ``size``, ``mean``,
-    ``std`` and ``channels`` apply to ``folder`` only. See slimtune.userdata.
+    ``std`` and ``channels`` apply to ``folder`` only. See slimtune.userdata. ``workers``
+    and ``batch_size`` say how the splits are streamed (slimtune.split); they change no
+    result and are not part of the baseline's cache key.
     """
 
     dataset: Literal["fashion-mnist", "digits", "synthetic"] | None = None
@@ -84,6 +86,10 @@ class DataSpec(_Strict):
     mean: float | tuple[float, ...] | None = None
     std: float | tuple[float, ...] | None = None
     channels: Literal[1, 3] | None = None
+    # how every pass reads the data (slimtune.split): DataLoader worker processes, and the
+    # batch of evaluation and statistics passes (training batches are the recipes' own)
+    workers: int = Field(default=0, ge=0, le=256)
+    batch_size: int = Field(default=512, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

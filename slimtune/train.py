@@ -9,20 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.data import Split
+from slimtune.split import Split
 
 if TYPE_CHECKING:
     from slimtune.hints import FeatureHints
-
-
-def _batches(split: Split, batch_size: int, generator: torch.Generator):
-    """Endless shuffled mini-batches of a split."""
-    n = len(split)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = order[i:i + batch_size]
-            yield split.x[idx], split.y[idx]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -48,7 +38,6 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
         raise ValueError("hints match a teacher's features: give the teacher")
     if steps <= 0:
         return model.eval()
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
@@ -58,9 +47,8 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
     if teacher is not None:
         teacher.eval()
     model.train()
-    batches = _batches(split, batch_size, generator)
-    for _ in range(steps):
-        x, y = next(batches)
+    # seeded epochs of full shuffled batches (slimtune.split.shuffled_batches)
+    for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps):
         logits = model(x)
         if teacher is not None:
             with torch.no_grad():
@@ -78,9 +66,12 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of an eval-mode torch model over a whole split."""
+def predict(model: nn.Module, x: torch.Tensor | Split, batch_size: int = 512) -> torch.Tensor:
+    """Logits of an eval-mode torch model over a whole split (streamed in its batches) or
+    a tensor of inputs (in batches of ``batch_size``)."""
     model.eval()
+    if isinstance(x, Split):
+        return torch.cat([model(batch.x) for batch in x.loader()])
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 

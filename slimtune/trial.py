@@ -43,6 +43,7 @@ from slimtune.layers import LayerTable
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
+from slimtune.split import Split
 from slimtune.train import accuracy, predict
 
 LAYERS_FILE = "layers.json"
@@ -78,7 +79,8 @@ class Deployed:
     model: nn.Module
     onnx_path: Path | None  # None for a runtime that consumes the module (torch)
 
-    def logits(self, x: torch.Tensor, threads: int) -> torch.Tensor:
+    def logits(self, x: torch.Tensor | Split, threads: int) -> torch.Tensor:
+        """Outputs on a tensor of inputs, or on a whole split (streamed in batches)."""
         if self.onnx_path is None:
             return predict(self.model, x)
         return torch.from_numpy(onnx_predict(onnx_session(self.onnx_path, threads=threads), x))
@@ -105,7 +107,7 @@ def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path)
         return Deployed(model, None)
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     export_onnx(model, ctx.data.input_shape, fp32)
-    calib = ctx.data.train.x[: ctx.spec.finetune.calibration_size]
+    calib = ctx.data.train.first(ctx.spec.finetune.calibration_size)  # streamed
     quantize_onnx(fp32, onnx_path, int8_layers=int8_layers(policy, model), calibration=calib)
     fp32.unlink(missing_ok=True)
     return Deployed(model, onnx_path)
@@ -194,8 +196,8 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
     latency, ratio, within = timing(deployed)
     with machine_lock("shared"):
         threads = spec.target.threads
-        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
-        test_logits = deployed.logits(ctx.data.test.x, threads)
+        val = accuracy(deployed.logits(ctx.data.val, threads), ctx.data.val.y)
+        test_logits = deployed.logits(ctx.data.test, threads)
         test = accuracy(test_logits, ctx.data.test.y)
         behaviour = evaluate_trial(ctx, deployed, model, policy, test_logits, out)
     save_trial_model(out, model, policy, ctx)

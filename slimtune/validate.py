@@ -60,10 +60,10 @@ def check_logits(model: nn.Module, data: Dataset, what: str) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            logits = model.eval()(data.train.x[:2])
+            logits = model.eval()(data.train.head(2).x)
     except Exception as e:
         raise ModelError(f"model {what}: its forward failed on a batch of the data "
-                         f"(shape {list(data.train.x[:2].shape)}): {type(e).__name__}: "
+                         f"(shape {[2, *data.train.example_shape]}): {type(e).__name__}: "
                          f"{one_line(e)}") from e
     finally:
         model.train(was_training)

@@ -59,5 +59,6 @@ class BNRecalEvaluator(Evaluator):
         if key not in self._memo:
             model = self.model(policy)
             n = min(self.settings.val_size, len(self.val))
-            self._memo[key] = accuracy(predict(model, self.val.x[:n]), self.val.y[:n])
+            val = self.val.first(n)
+            self._memo[key] = accuracy(predict(model, val), val.y)
         return self._memo[key]

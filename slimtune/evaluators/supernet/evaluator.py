@@ -50,7 +50,7 @@ class SupernetEvaluator(Evaluator):
     ``score(policy)``: masks set to the policy (ratios rounded by ``group_kept`` with the
     supernet's ``round_to``), its layers below 32 bits fake-quantized (8-bit too, as the
     episode proxy does), BN recalibrated on ``recal_batches`` batches of ``batch_size``
-    training examples, top-1 on ``val.x[:val_size]``. Memoised by ``Policy.key()``.
+    training examples, top-1 on the first ``val_size`` val examples. Memoised by ``Policy.key()``.
     ``model(policy)``: the float sub-network, channels removed in the fixed order, BN
     recalibrated the same way, eval mode; a new module each call.
     """
@@ -126,8 +126,8 @@ class SupernetEvaluator(Evaluator):
         supernet = self.supernet.set_policy(policy)
         with supernet.quantized(policy):
             self._recalibrate()
-            n = self.val_size
-            return accuracy(predict(supernet, self.val_split.x[:n]), self.val_split.y[:n])
+            val = self.val_split.first(self.val_size)
+            return accuracy(predict(supernet, val), val.y)
 
     def model(self, policy: Policy) -> nn.Module:
         _check(self.supernet.table, policy)
