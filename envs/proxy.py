@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from slimtune.compress import prune_structure, quantize_weights
+from slimtune.device import training_device
 from slimtune.envs.problem import CompressionProblem
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.latency import LatencyStats, machine_lock
@@ -93,7 +94,8 @@ class ProxyEvaluator:
             model = prune_structure(p.baseline, p.table, policy, round_to=spec.space.round_to)
             train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
                   lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
-                  temperature=ft.temperature, alpha=ft.alpha)
+                  temperature=ft.temperature, alpha=ft.alpha,
+                  device=training_device(spec.train.device))
             recalibrate_bn(model, p.data.train, batches=env.recal_batches,
                            batch_size=ft.batch_size)
             quantize_weights(model, p.table, policy, include_8bit=True)

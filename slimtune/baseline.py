@@ -107,10 +107,12 @@ def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     start = time.perf_counter()
     recipe = spec.baseline
     steps = math.ceil(recipe.epochs * len(data.train) / recipe.batch_size)
+    from slimtune.device import training_device
     from slimtune.train import train
 
     train(model, data.train, steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
-          weight_decay=recipe.weight_decay, seed=recipe.seed)
+          weight_decay=recipe.weight_decay, seed=recipe.seed,
+          device=training_device(spec.train.device))
     seconds = time.perf_counter() - start
     _save_atomic(model.state_dict(), path)
     return Baseline(model.eval(), "trained", key, seconds)

@@ -19,6 +19,7 @@ import contextlib
 from torch import nn
 
 from slimtune.deep_compression import finetune_compressed
+from slimtune.device import training_device
 from slimtune.hints import feature_hints, hint_layer_names
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
@@ -55,5 +56,6 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
                 model, distill_from, table, hint_layer_names(table, ft.hint_layers),
                 weight=ft.hint_weight, example=split.head(ft.batch_size).x))
         train(model, split, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=seed,
-              teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints)
+              teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints,
+              device=training_device(spec.train.device))
     return model.eval()

@@ -327,6 +327,13 @@ class BaselineSpec(_Strict):
     seed: int = 0
 
 
+class TrainSpec(_Strict):
+    """Where the baseline's training and the fine-tunes run (slimtune.device); latency is
+    measured on the target regardless. Not part of the baseline's cache key."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class FinetuneSpec(_Strict):
     """The short fine-tune every trial gets after compression."""
 
@@ -449,6 +456,7 @@ class JobSpec(_Strict):
     search: SearchSpec = SearchSpec()
     space: SpaceSpec = SpaceSpec()
     baseline: BaselineSpec = BaselineSpec()
+    train: TrainSpec = TrainSpec()
     finetune: FinetuneSpec = FinetuneSpec()
     scoring: ScoringSpec = ScoringSpec()
     supernet: SupernetSpec = SupernetSpec()

@@ -27,17 +27,40 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
           weight_decay: float = 5e-4, seed: int = 0, teacher: nn.Module | None = None,
           temperature: float = 4.0, alpha: float = 0.7,
-          hints: FeatureHints | None = None) -> nn.Module:
+          hints: FeatureHints | None = None,
+          device: torch.device | str = "cpu") -> nn.Module:
     """SGD with momentum and a cosine schedule for ``steps`` steps, in place.
 
     With a ``teacher``, the loss is knowledge distillation from it; otherwise plain
     cross-entropy. ``hints`` (FitNets, :mod:`slimtune.hints`; needs the teacher) adds
-    its feature-matching term, and its regressors train with the model.
+    its feature-matching term, and its regressors train with the model. The loop runs on
+    ``device`` (``train.device``, :mod:`slimtune.device`); the model, the teacher and the
+    regressors are back on the CPU when it returns.
     """
     if hints is not None and teacher is None:
         raise ValueError("hints match a teacher's features: give the teacher")
     if steps <= 0:
         return model.eval()
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, seed=seed, teacher=teacher,
+                      temperature=temperature, alpha=alpha, hints=hints, device=device)
+    movable = [m for m in (model, teacher, hints.regressors if hints else None) if m is not None]
+    try:
+        for module in movable:
+            module.to(device)
+        return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, seed=seed, teacher=teacher,
+                      temperature=temperature, alpha=alpha, hints=hints, device=device)
+    finally:
+        for module in movable:
+            module.to("cpu")
+
+
+def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
+           weight_decay: float, seed: int, teacher: nn.Module | None, temperature: float,
+           alpha: float, hints: FeatureHints | None, device: torch.device) -> nn.Module:
     torch.manual_seed(seed)
     params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
@@ -48,7 +71,10 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
         teacher.eval()
     model.train()
     # seeded epochs of full shuffled batches (slimtune.split.shuffled_batches)
-    for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps):
+    pin = device.type == "cuda"
+    for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps, pin_memory=pin):
+        if device.type != "cpu":
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
         logits = model(x)
         if teacher is not None:
             with torch.no_grad():

@@ -10,6 +10,7 @@ from torch import nn
 
 from slimtune.baseline import build_model
 from slimtune.data import Dataset
+from slimtune.device import training_device
 from slimtune.errors import UserInputError
 from slimtune.imports import one_line
 from slimtune.layers import LayerTable, build_layer_table
@@ -36,6 +37,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
 
         check_local_threads(spec.target.threads)
         spec.target.backend.versions()  # its library is installed here, else one line
+    training_device(spec.train.device)  # cuda without CUDA: one line, before the data
     data = load_data(spec.data, seed=spec.baseline.seed)
     model = build_model(spec.model, num_classes=data.num_classes,
                         in_channels=data.input_shape[0], input_shape=data.input_shape)
