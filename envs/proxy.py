@@ -22,8 +22,9 @@ from slimtune.device import training_device
 from slimtune.envs.problem import CompressionProblem
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.latency import LatencyStats, machine_lock
+from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
-from slimtune.train import accuracy, predict, train
+from slimtune.train import predict, train
 
 CORRECTION_WINDOW = 10
 
@@ -95,14 +96,14 @@ class ProxyEvaluator:
             train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
                   lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
                   temperature=ft.temperature, alpha=ft.alpha,
-                  device=training_device(spec.train.device))
+                  device=training_device(spec.train.device), objective=Objective.of(spec))
             recalibrate_bn(model, p.data.train, batches=env.recal_batches,
                            batch_size=ft.batch_size)
             quantize_weights(model, p.table, policy, include_8bit=True)
             val = p.data.val
             n = min(env.proxy_val_size, len(val))
             first = val.first(n)
-            acc = accuracy(predict(model, first), first.y)
+            acc, _ = evaluate_split(Objective.of(spec), lambda x: predict(model, x), first)
             if not self.groups:
                 return acc, {}
             from slimtune.evaluate.suite import EvalInputs, evaluate_behaviour

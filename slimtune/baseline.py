@@ -88,6 +88,8 @@ def baseline_key(spec: JobSpec, data: Dataset | None = None) -> str:
               "version": RECIPE_VERSION}
     if data is not None and data.fingerprint:
         recipe["data_fingerprint"] = data.fingerprint
+    if spec.task != "classification" or spec.loss is not None:  # trains on another loss
+        recipe["objective"] = {"task": spec.task, "loss": spec.loss}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -108,11 +110,12 @@ def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     recipe = spec.baseline
     steps = math.ceil(recipe.epochs * len(data.train) / recipe.batch_size)
     from slimtune.device import training_device
+    from slimtune.objective import Objective
     from slimtune.train import train
 
     train(model, data.train, steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
           weight_decay=recipe.weight_decay, seed=recipe.seed,
-          device=training_device(spec.train.device))
+          device=training_device(spec.train.device), objective=Objective.of(spec))
     seconds = time.perf_counter() - start
     _save_atomic(model.state_dict(), path)
     return Baseline(model.eval(), "trained", key, seconds)

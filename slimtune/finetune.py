@@ -22,6 +22,7 @@ from slimtune.deep_compression import finetune_compressed
 from slimtune.device import training_device
 from slimtune.hints import feature_hints, hint_layer_names
 from slimtune.layers import LayerTable
+from slimtune.objective import Objective
 from slimtune.policy import Policy
 from slimtune.qat import quantization_aware
 from slimtune.spec import FinetuneSpec, JobSpec
@@ -57,5 +58,5 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
                 weight=ft.hint_weight, example=split.head(ft.batch_size).x))
         train(model, split, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=seed,
               teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints,
-              device=training_device(spec.train.device))
+              device=training_device(spec.train.device), objective=Objective.of(spec))
     return model.eval()

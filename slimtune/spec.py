@@ -468,6 +468,29 @@ class JobSpec(_Strict):
     evaluate: tuple[str, ...] = DEFAULT_GROUPS
     constraints: dict[str, float] = {}
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    # what the model is for (slimtune.objective): class logits, or the user's own outputs,
+    # scored by ``metric`` and trained with ``loss`` ("pkg.module:fn" each)
+    task: Literal["classification", "custom"] = "classification"
+    metric: str | None = None
+    loss: str | None = None
+
+    @model_validator(mode="after")
+    def _task(self) -> JobSpec:
+        if self.task == "classification":
+            return self
+        missing = [k for k in ("metric", "loss") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"task: custom needs {' and '.join(missing)} "
+                             "(\"pkg.module:fn\"): the outputs are not class logits")
+        if self.search.evaluator == "supernet":
+            raise ValueError("search.evaluator: supernet distils class logits; with task: "
+                             "custom use bn_recal or finetune")
+        behaviour = [k for k in (*self.constraints, *self.objectives)
+                     if k in BOUNDS and group_of(k) is not None]
+        if behaviour:
+            raise ValueError(f"{', '.join(behaviour)}: behaviour metrics need class logits, "
+                             "and task: custom has none")
+        return self
 
     @model_validator(mode="after")
     def _recipe(self) -> JobSpec:
@@ -519,6 +542,8 @@ class JobSpec(_Strict):
     @property
     def metric_groups(self) -> tuple[str, ...]:
         """``evaluate`` plus every group a constraint or an objective needs (registry order)."""
+        if self.task != "classification":  # every group reads class logits
+            return ()
         needed = set(self.evaluate) | {group_of(k) for k in (*self.constraints, *self.objectives)
                                        if k in BOUNDS}
         return tuple(g for g in GROUPS if g in needed)

@@ -75,6 +75,8 @@ def collate(items: Batch | Sequence[tuple[Any, int]]) -> Batch:
     if isinstance(items, Batch):
         return items
     xs = [torch.as_tensor(x, dtype=torch.float32) for x, _ in items]
+    if items and isinstance(items[0][1], torch.Tensor):  # a custom task's tensor targets
+        return Batch(torch.stack(xs), torch.stack([y for _, y in items]))
     return Batch(torch.stack(xs), torch.as_tensor([int(y) for _, y in items], dtype=torch.int64))
 
 
@@ -125,7 +127,7 @@ class Split:
     over the split load it (``data.workers``, ``data.batch_size``).
     """
 
-    def __init__(self, x: torch.Tensor | TorchDataset, y: torch.Tensor, *,
+    def __init__(self, x: torch.Tensor | TorchDataset, y: torch.Tensor | None, *,
                  example_shape: tuple[int, ...] | None = None, workers: int = 0,
                  batch_size: int = EVAL_BATCH) -> None:
         if isinstance(x, torch.Tensor):
@@ -138,17 +140,18 @@ class Split:
             example_shape = tuple(x.shape[1:])
         else:
             items = x
-            if y.dtype != torch.int64 or y.shape != (len(items),):  # type: ignore[arg-type]
-                raise ValueError(f"labels must be int64 of shape ({len(items)},), "  # type: ignore[arg-type]
+            n = len(items)  # type: ignore[arg-type]
+            if y is not None and (y.dtype != torch.int64 or y.shape != (n,)):
+                raise ValueError(f"labels must be int64 of shape ({n},), "
                                  f"got {y.dtype} {tuple(y.shape)}")
             if example_shape is None:
-                example_shape = tuple(collate([items[0]]).x.shape[1:]) if len(y) else ()
+                example_shape = tuple(collate([items[0]]).x.shape[1:]) if n else ()
         self.items, self._y = items, y
         self.example_shape: tuple[int, ...] = tuple(example_shape)
         self.workers, self.batch_size = workers, batch_size
 
     def __len__(self) -> int:
-        return len(self._y)
+        return len(self.items)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return (f"Split({len(self)} x {list(self.example_shape)}, "
@@ -156,8 +159,16 @@ class Split:
 
     @property
     def y(self) -> torch.Tensor:
-        """The labels, int64 N (in memory)."""
+        """The labels, int64 N (in memory); a custom task's tensor targets have none here
+        (they come with the inputs in each batch)."""
+        if self._y is None:
+            raise ValueError("this split's targets are not class labels: read them from "
+                             "its batches")
         return self._y
+
+    @property
+    def has_labels(self) -> bool:
+        return self._y is not None
 
     @property
     def in_memory(self) -> bool:
@@ -171,7 +182,7 @@ class Split:
         parts = [b.x for b in self.loader()]
         return torch.cat(parts) if parts else torch.empty(0, *self.example_shape)
 
-    def _same(self, items: TorchDataset, y: torch.Tensor) -> Split:
+    def _same(self, items: TorchDataset, y: torch.Tensor | None) -> Split:
         return Split(items, y, example_shape=self.example_shape, workers=self.workers,
                      batch_size=self.batch_size)
 
@@ -183,10 +194,10 @@ class Split:
     def subset(self, indices: Sequence[int] | torch.Tensor) -> Split:
         """The examples ``indices``, in that order (tensor-backed: sliced tensors)."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
+        y = None if self._y is None else self._y[idx]
         if isinstance(self.items, TensorItems):
-            x = self.items.x[idx]
-            return self._same(TensorItems(x, self._y[idx]), self._y[idx])
-        return self._same(IndexedItems(self.items, idx.tolist()), self._y[idx])
+            return self._same(TensorItems(self.items.x[idx], self._y[idx]), y)
+        return self._same(IndexedItems(self.items, idx.tolist()), y)
 
     def first(self, n: int) -> Split:
         """The first ``n`` examples (all if fewer)."""
@@ -208,7 +219,7 @@ class Split:
         first = self.first(n)
         if isinstance(first.items, TensorItems):
             return Batch(first.items.x, first._y)
-        return Batch(first.x, first._y)
+        return collate([first.items[i] for i in range(len(first))])
 
     def batched(self, batches: IndexBatches, *, pin_memory: bool = False) -> DataLoader:
         """A DataLoader of the index batches ``batches`` yields (each a :class:`Batch`)."""
@@ -238,8 +249,9 @@ class Split:
         h.update(f"torch.float32:{(len(self), *self.example_shape)}".encode())
         for batch in self.loader():
             h.update(batch.x.contiguous().numpy().tobytes())
-        h.update(f"{self._y.dtype}:{tuple(self._y.shape)}".encode())
-        h.update(self._y.contiguous().numpy().tobytes())
+        if self._y is not None:
+            h.update(f"{self._y.dtype}:{tuple(self._y.shape)}".encode())
+            h.update(self._y.contiguous().numpy().tobytes())
 
     def content_hash(self) -> str:
         """SHA-256 of the inputs and labels (see :meth:`update_hash`)."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.objective import CLASSIFICATION, Objective
 from slimtune.split import Split
 
 if TYPE_CHECKING:
@@ -28,12 +29,15 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
           weight_decay: float = 5e-4, seed: int = 0, teacher: nn.Module | None = None,
           temperature: float = 4.0, alpha: float = 0.7,
           hints: FeatureHints | None = None,
-          device: torch.device | str = "cpu") -> nn.Module:
+          device: torch.device | str = "cpu",
+          objective: Objective = CLASSIFICATION) -> nn.Module:
     """SGD with momentum and a cosine schedule for ``steps`` steps, in place.
 
     With a ``teacher``, the loss is knowledge distillation from it; otherwise plain
-    cross-entropy. ``hints`` (FitNets, :mod:`slimtune.hints`; needs the teacher) adds
-    its feature-matching term, and its regressors train with the model. The loop runs on
+    cross-entropy (``objective``: the spec's ``loss`` instead, and MSE distillation on
+    outputs that are not class logits, :mod:`slimtune.objective`). ``hints`` (FitNets,
+    :mod:`slimtune.hints`; needs the teacher) adds its feature-matching term, and its
+    regressors train with the model. The loop runs on
     ``device`` (``train.device``, :mod:`slimtune.device`); the model, the teacher and the
     regressors are back on the CPU when it returns.
     """
@@ -45,14 +49,16 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
     if device.type == "cpu":
         return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, seed=seed, teacher=teacher,
-                      temperature=temperature, alpha=alpha, hints=hints, device=device)
+                      temperature=temperature, alpha=alpha, hints=hints, device=device,
+                      objective=objective)
     movable = [m for m in (model, teacher, hints.regressors if hints else None) if m is not None]
     try:
         for module in movable:
             module.to(device)
         return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, seed=seed, teacher=teacher,
-                      temperature=temperature, alpha=alpha, hints=hints, device=device)
+                      temperature=temperature, alpha=alpha, hints=hints, device=device,
+                      objective=objective)
     finally:
         for module in movable:
             module.to("cpu")
@@ -60,7 +66,8 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
 
 def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
            weight_decay: float, seed: int, teacher: nn.Module | None, temperature: float,
-           alpha: float, hints: FeatureHints | None, device: torch.device) -> nn.Module:
+           alpha: float, hints: FeatureHints | None, device: torch.device,
+           objective: Objective) -> nn.Module:
     torch.manual_seed(seed)
     params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
@@ -75,15 +82,14 @@ def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: f
     for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps, pin_memory=pin):
         if device.type != "cpu":
             x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
-        logits = model(x)
+        outputs = model(x)
+        target = None
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(x)
-            loss = distillation_loss(logits, target, y, temperature=temperature, alpha=alpha)
-            if hints is not None:
-                loss = loss + hints.loss()
-        else:
-            loss = F.cross_entropy(logits, y)
+        loss = objective.training_loss(outputs, y, target, temperature=temperature, alpha=alpha)
+        if hints is not None:
+            loss = loss + hints.loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

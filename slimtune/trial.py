@@ -40,11 +40,12 @@ from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_on
 from slimtune.finetune import finetune
 from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
 from slimtune.split import Split
-from slimtune.train import accuracy, predict
+from slimtune.train import predict
 
 LAYERS_FILE = "layers.json"
 
@@ -78,6 +79,13 @@ class Deployed:
 
     model: nn.Module
     onnx_path: Path | None  # None for a runtime that consumes the module (torch)
+
+    def runner(self, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Its forward on a batch of inputs (one ONNX Runtime session for all batches)."""
+        if self.onnx_path is None:
+            return lambda x: predict(self.model, x)
+        session = onnx_session(self.onnx_path, threads=threads)
+        return lambda x: torch.from_numpy(onnx_predict(session, x))
 
     def logits(self, x: torch.Tensor | Split, threads: int) -> torch.Tensor:
         """Outputs on a tensor of inputs, or on a whole split (streamed in batches)."""
@@ -196,9 +204,10 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
     latency, ratio, within = timing(deployed)
     with machine_lock("shared"):
         threads = spec.target.threads
-        val = accuracy(deployed.logits(ctx.data.val, threads), ctx.data.val.y)
-        test_logits = deployed.logits(ctx.data.test, threads)
-        test = accuracy(test_logits, ctx.data.test.y)
+        run = deployed.runner(threads)
+        objective = Objective.of(spec)
+        val, _ = evaluate_split(objective, run, ctx.data.val)
+        test, test_logits = evaluate_split(objective, run, ctx.data.test)
         behaviour = evaluate_trial(ctx, deployed, model, policy, test_logits, out)
     save_trial_model(out, model, policy, ctx)
     if deployed.onnx_path is None:  # module target (torch): an fp32 ONNX export for deployment

@@ -51,16 +51,17 @@ DEFAULT_VAL_FRACTION = 0.1  # of train, when a source has no val split
 MAX_UNNAMED_CLASSES = 100_000  # a larger label without class names is not a class index
 
 
-def load_data(spec: DataSpec, *, seed: int) -> Dataset:
+def load_data(spec: DataSpec, *, seed: int, task: str = "classification") -> Dataset:
     """The dataset ``spec`` names, subset by its sizes with ``seed``, loaded as its
-    ``workers``/``batch_size`` say; DataError if not."""
+    ``workers``/``batch_size`` say; DataError if not. For ``task: custom`` an imported
+    dataset's targets may be tensors (not class indices)."""
     sizes = (spec.train_size, spec.val_size, spec.test_size)
     if spec.dataset is not None:
         check_dataset(spec.dataset)
         data = load_dataset(spec.dataset, train_size=spec.train_size,
                             val_size=spec.val_size, test_size=spec.test_size, seed=seed)
     elif spec.import_ is not None:
-        data = _imported(spec.import_, sizes, seed)
+        data = _imported(spec.import_, sizes, seed, targets=task != "classification")
     elif spec.folder is not None:
         data = _folder(spec, sizes, seed)
     else:
@@ -166,7 +167,8 @@ def _named_splits(result: object, target: str) -> dict[str, object]:
                     "torch.utils.data.Dataset")
 
 
-def _as_example(item: object, where: str) -> tuple[torch.Tensor, int]:
+def _as_example(item: object, where: str, *, targets: bool = False
+                ) -> tuple[torch.Tensor, int | torch.Tensor]:
     if not isinstance(item, tuple | list) or len(item) != 2:
         raise DataError(f"{where} is a {type(item).__name__}; expected an (input, label) pair")
     x, y = item
@@ -179,6 +181,12 @@ def _as_example(item: object, where: str) -> tuple[torch.Tensor, int]:
         raise DataError(f"{where}: its input ({type(x).__name__}) is not a tensor or an "
                         f"array of numbers: {one_line(e)}") from None
     label = torch.as_tensor(y) if isinstance(y, torch.Tensor | np.ndarray | np.generic) else y
+    if targets and not _is_class_index(label):  # a custom task's target: a float tensor
+        try:
+            return x, torch.as_tensor(label, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DataError(f"{where}: its target ({type(y).__name__}) is not a tensor or an "
+                            f"array of numbers: {one_line(e)}") from None
     if isinstance(label, torch.Tensor):
         if label.numel() != 1 or label.is_floating_point() or label.is_complex():
             raise DataError(f"{where}: its label is not one integer class index "
@@ -190,30 +198,39 @@ def _as_example(item: object, where: str) -> tuple[torch.Tensor, int]:
     return x, label
 
 
+def _is_class_index(label: object) -> bool:
+    if isinstance(label, torch.Tensor):
+        return label.numel() == 1 and not label.is_floating_point() and label.dim() == 0
+    return isinstance(label, int) and not isinstance(label, bool)
+
+
 class ImportedItems(TorchDataset):
     """Items ``indices`` of a user's dataset, each checked into ``(float32 tensor, int)``."""
 
-    def __init__(self, dataset: object, indices: Sequence[int], where: str) -> None:
+    def __init__(self, dataset: object, indices: Sequence[int], where: str, *,
+                 targets: bool = False) -> None:
         self.dataset, self.indices, self.where = dataset, [int(i) for i in indices], where
+        self.targets = targets  # a custom task: tensor targets allowed
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         j = self.indices[i]
         try:
             item = self.dataset[j]  # type: ignore[index]
         except Exception as e:
             raise DataError(f"{self.where}[{j}] raised {type(e).__name__}: "
                             f"{one_line(e)}") from e
-        return _as_example(item, f"{self.where}[{j}]")
+        return _as_example(item, f"{self.where}[{j}]", targets=self.targets)
 
 
-def _read_once(items: ImportedItems, digest: object | None) -> tuple[tuple[int, ...],
-                                                                     torch.Tensor]:
-    """Every item once, one at a time: the common example shape and the labels; the
-    inputs' and labels' bytes go to ``digest``."""
-    shape, labels = None, []
+def _read_once(items: ImportedItems, digest: object | None
+               ) -> tuple[tuple[int, ...], torch.Tensor | None, tuple[int, ...] | None]:
+    """Every item once, one at a time: the common example shape, the labels (None for
+    tensor targets) and the targets' shape (None for labels); the inputs' and labels'
+    bytes go to ``digest``."""
+    shape, labels, target_shape = None, [], None
     for i in range(len(items)):
         x, y = items[i]
         if shape is None:
@@ -224,15 +241,28 @@ def _read_once(items: ImportedItems, digest: object | None) -> tuple[tuple[int, 
                             "must have the same shape")
         if digest is not None:
             digest.update(x.contiguous().numpy().tobytes())  # type: ignore[attr-defined]
+        if isinstance(y, torch.Tensor):
+            if target_shape is None:
+                target_shape = tuple(y.shape)
+            elif tuple(y.shape) != target_shape:
+                raise DataError(f"{items.where}[{items.indices[i]}]: its target has shape "
+                                f"{list(y.shape)}, the first one's {list(target_shape)}")
+            if digest is not None:
+                digest.update(y.contiguous().numpy().tobytes())  # type: ignore[attr-defined]
         labels.append(y)
+    assert shape is not None
+    if target_shape is not None:
+        if any(not isinstance(t, torch.Tensor) for t in labels):
+            raise DataError(f"{items.where}: some targets are class indices, some tensors")
+        return shape, None, target_shape
     y = torch.as_tensor(labels, dtype=torch.int64)
     if digest is not None:
         digest.update(y.numpy().tobytes())  # type: ignore[attr-defined]
-    assert shape is not None
-    return shape, y
+    return shape, y, None
 
 
-def _imported(target: str, sizes: tuple[int | None, ...], seed: int) -> Dataset:
+def _imported(target: str, sizes: tuple[int | None, ...], seed: int, *,
+              targets: bool = False) -> Dataset:
     fn = import_object(target, what="data", error=DataError)
     assert isinstance(fn, Callable)
     try:
@@ -252,20 +282,44 @@ def _imported(target: str, sizes: tuple[int | None, ...], seed: int) -> Dataset:
             raise DataError(f"data {target!r}: its {name} split is empty")
     source = f"data {target!r}"
     chosen, notes = _choose(counts, sizes, seed, source)
-    items = {name: ImportedItems(datasets[origin], idx, f"{source} {origin}")
+    items = {name: ImportedItems(datasets[origin], idx, f"{source} {origin}", targets=targets)
              for name, (origin, idx) in chosen.items()}
     for name in SPLITS:  # the first example of each split first: a wrong type fails fast
         _ = items[name][0]
     digest = hashlib.sha256()
-    splits = {}
+    splits, target_shapes = {}, set()
     for name in SPLITS:
-        shape, labels = _read_once(items[name], digest if name == "train" else None)
+        shape, labels, target_shape = _read_once(items[name],
+                                                 digest if name == "train" else None)
         splits[name] = Split(items[name], labels, example_shape=shape)
+        target_shapes.add(target_shape)
+    if target_shapes != {None}:  # a custom task's tensor targets: no class labels
+        if len(target_shapes) > 1:
+            raise DataError(f"{source}: the splits' targets differ in shape or kind: "
+                            f"{sorted(map(str, target_shapes))}")
+        return _targets_dataset(f"import:{target}", splits, notes, digest.hexdigest(),
+                                next(iter(target_shapes)))
     classes = getattr(datasets["train"], "classes", None)
     if not (isinstance(classes, Sequence) and classes
             and all(isinstance(c, str) for c in classes)):
         classes = None
     return _finish(f"import:{target}", splits, classes, notes, digest.hexdigest())
+
+
+def _targets_dataset(name: str, splits: Mapping[str, Split], notes: tuple[str, ...],
+                     content: str, target_shape: tuple[int, ...]) -> Dataset:
+    """A custom task's Dataset: tensor targets, so no classes; ``num_classes`` is the
+    number of values in one target (what a built-in arch's head would have to output)."""
+    shapes = {split: s.example_shape for split, s in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"{name}: one example's shape differs between splits: "
+                        + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+    digest = hashlib.sha256(repr(((len(splits["train"]), *shapes["train"]),
+                                  target_shape)).encode())
+    digest.update(content.encode())
+    return Dataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"],
+                   num_classes=max(1, int(np.prod(target_shape))), input_shape=shapes["train"],
+                   class_names=(), notes=notes, fingerprint=digest.hexdigest()[:16])
 
 
 # --- folder: DIR (ImageFolder layout; slimtune.imagefolder) --------------------------------

@@ -19,6 +19,7 @@ from torch import nn
 
 from slimtune.evaluators import Evaluator
 from slimtune.latency import machine_lock
+from slimtune.objective import Objective
 from slimtune.outputs import append_trial
 from slimtune.pipeline.finalize import finalize_steps
 from slimtune.pipeline.measure import Budget
@@ -44,7 +45,7 @@ def plain_evaluator(ctx: TrialContext, baseline: nn.Module) -> Evaluator:
                              batch_size=spec.scoring.batch_size, val_size=spec.scoring.val_size)
     return BNRecalEvaluator(baseline, ctx.table, ctx.data.train, ctx.data.val,
                             round_to=spec.space.round_to, settings=settings,
-                            threads=spec.target.threads)
+                            threads=spec.target.threads, objective=Objective.of(spec))
 
 
 def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
