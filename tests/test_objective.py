@@ -129,3 +129,23 @@ def test_a_custom_regression_task_validates_trains_and_runs_a_trial(tmp_path, ca
     result = run_trial(ctx, 1, Policy(prune={group: 0.25}), "test")
     assert result.state == "ok", result.error
     assert result.accuracy < 0 and result.metrics == {}  # neg_mse; no behaviour metrics
+
+
+def test_a_scoring_evaluator_scores_by_the_metric(tmp_path) -> None:
+    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+    from tests.jobs import tiny_trial_context
+
+    ctx = tiny_trial_context(tmp_path)
+    settings = ScoreSettings(recal_batches=2, batch_size=32, val_size=64)
+    scores = {}
+    for name, objective in (("top1", CLASSIFICATION),
+                            ("top2", Objective(metric="tests.objectives:top2"))):
+        evaluator = BNRecalEvaluator(ctx.baseline_model(), ctx.table, ctx.data.train,
+                                     ctx.data.val, settings=settings, threads=1,
+                                     objective=objective)
+        policy = Policy(prune={ctx.table.groups[0].name: 0.5})
+        scores[name] = evaluator.score(policy)
+        model, val = evaluator.model(policy), ctx.data.val.first(64)
+        expected, _ = evaluate_split(objective, lambda x, m=model: predict(m, x), val)
+        assert scores[name] == pytest.approx(expected)
+    assert scores["top2"] >= scores["top1"]

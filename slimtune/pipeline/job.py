@@ -74,6 +74,7 @@ def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
             round_to=spec.space.round_to, recipe=recipe, val_size=spec.scoring.val_size,
             recal_batches=spec.scoring.recal_batches, on_step=step)
     evaluator.batch_size = spec.scoring.batch_size
+    evaluator.objective = Objective.of(spec)
     return evaluator
 
 

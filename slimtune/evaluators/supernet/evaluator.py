@@ -32,9 +32,10 @@ from slimtune.evaluators.supernet.cache import FORMAT, read_payload, supernet_ke
 from slimtune.evaluators.supernet.elastic import MaskedSupernet, channel_order
 from slimtune.evaluators.supernet.sandwich import SandwichRecipe, train_supernet
 from slimtune.layers import LayerTable
+from slimtune.objective import CLASSIFICATION, evaluate_split
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
-from slimtune.train import accuracy, predict
+from slimtune.train import predict
 
 __all__ = ["SupernetEvaluator", "supernet_cache_dir"]
 
@@ -65,6 +66,7 @@ class SupernetEvaluator(Evaluator):
         self.val_size = min(val_size, len(val_split))
         self.recal_batches = recal_batches
         self.batch_size = batch_size
+        self.objective = CLASSIFICATION  # the score: top-1, or the spec's metric
         self.cache: dict[str, float] = {}
         self.key = ""  # the supernet's cache key, and its file (None: not cached)
         self.path: Path | None = None
@@ -127,7 +129,7 @@ class SupernetEvaluator(Evaluator):
         with supernet.quantized(policy):
             self._recalibrate()
             val = self.val_split.first(self.val_size)
-            return accuracy(predict(supernet, val), val.y)
+            return evaluate_split(self.objective, lambda x: predict(supernet, x), val)[0]
 
     def model(self, policy: Policy) -> nn.Module:
         _check(self.supernet.table, policy)
