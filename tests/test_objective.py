@@ -149,3 +149,20 @@ def test_a_scoring_evaluator_scores_by_the_metric(tmp_path) -> None:
         expected, _ = evaluate_split(objective, lambda x, m=model: predict(m, x), val)
         assert scores[name] == pytest.approx(expected)
     assert scores["top2"] >= scores["top1"]
+
+
+@pytest.mark.slow
+def test_a_custom_task_job_end_to_end(tmp_path, capsys) -> None:
+    """A regression with the user's metric and loss through Ray trials and the outputs."""
+    import json
+
+    job = custom_job(tmp_path, search={"searcher": "random", "trials": 2, "seed": 0,
+                                       "evaluator": "finetune"})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" in err and "Pareto front" in out
+    rows = [json.loads(line) for line in (tmp_path / "out" / "trials.jsonl").open()]
+    done = [r for r in rows if r["state"] in ("ok", "infeasible") and r.get("accuracy")]
+    assert done and all(r["accuracy"] < 0 for r in done)  # minus the MSE
+    assert all(not r.get("metrics") for r in done)
