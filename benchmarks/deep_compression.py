@@ -119,8 +119,8 @@ def main() -> None:
     names = [li.name for li in table.layers]
 
     def scores(model: torch.nn.Module) -> tuple[float, float]:
-        return (accuracy(predict(model, data.val.x), data.val.y),
-                accuracy(predict(model, data.test.x), data.test.y))
+        return (accuracy(predict(model, data.val), data.val.y),
+                accuracy(predict(model, data.test), data.test.y))
 
     tmp = Path(tempfile.mkdtemp())
     dense_bytes = sum(v.numel() * v.element_size() for v in base.state_dict().values())
@@ -246,8 +246,8 @@ def mnist_main(args) -> None:
                         seed=seed)
 
     def scores(model: torch.nn.Module) -> dict[str, float]:
-        return {"val": accuracy(predict(model, data.val.x), data.val.y),
-                "test": accuracy(predict(model, data.test.x), data.test.y)}
+        return {"val": accuracy(predict(model, data.val), data.val.y),
+                "test": accuracy(predict(model, data.test), data.test.y)}
 
     for arch in args.arch:
         spec = mnist_spec(arch, args.baseline_epochs)
@@ -333,7 +333,7 @@ def mnist_main(args) -> None:
             onnx_base = export_onnx(base, shape, tmp / f"{arch}-base.onnx")
             onnx_dc = export_onnx(shared, shape, tmp / f"{arch}-{label}.onnx")
             ort_test = accuracy(onnx_predict(onnx_session(onnx_dc, threads=args.threads),
-                                             data.test.x), data.test.y)
+                                             data.test), data.test.y)
             protocol = MeasureProtocol(warmup=10, rounds=args.rounds, repeats=30,
                                        min_seconds_per_round=0.3)
             lat_base, lat_dc = measure_interleaved(

@@ -141,7 +141,7 @@ def fidelity(args) -> None:
         score = ev.score(policy)
         model = ev.model(policy)
         finetune(model, baseline, prep.table, policy, recipe, prep.data.train, seed=i)
-        val = accuracy(predict(model, prep.data.val.x), prep.data.val.y)
+        val = accuracy(predict(model, prep.data.val), prep.data.val.y)
         rows.append({"policy": i, "bn_recal": score, "final_val": val,
                      "seconds": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)

@@ -92,7 +92,7 @@ def main() -> None:
           lr=args.lr, seed=args.seed)
     baseline_s = time.perf_counter() - start
     val = data.val
-    baseline_acc = accuracy(predict(baseline, val.x), val.y)
+    baseline_acc = accuracy(predict(baseline, val), val.y)
     table = build_layer_table(baseline, data.input_shape)
     space = SearchSpace.from_table(table, (0.0, 0.25, 0.5, 0.75), (32,))
 
@@ -118,7 +118,7 @@ def main() -> None:
         recalibrate_bn(pruned, data.train, batches=args.recal_batches,
                        batch_size=args.batch_size)
         row = {"prune": dict(policy.prune), "supernet": sup, "score_s": score_s,
-               "bn_recal": accuracy(predict(pruned, val.x), val.y),
+               "bn_recal": accuracy(predict(pruned, val), val.y),
                "params": sum(p.numel() for p in pruned.parameters())}
         if args.finetune_steps > 0:
             tuned = prune_structure(baseline, table, policy)
@@ -126,7 +126,7 @@ def main() -> None:
                   lr=args.lr / 5, seed=args.seed, teacher=copy.deepcopy(baseline))
             recalibrate_bn(tuned, data.train, batches=args.recal_batches,
                            batch_size=args.batch_size)
-            row["finetuned"] = accuracy(predict(tuned, val.x), val.y)
+            row["finetuned"] = accuracy(predict(tuned, val), val.y)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "prune"}), flush=True)
 

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from slimtune.compress import quantize_weights
+from slimtune.device import training_device
 from slimtune.envs.problem import CompressionProblem
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.latency import LatencyStats, machine_lock
 from slimtune.methods.apply import prune_structure
+from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
-from slimtune.train import accuracy, predict, train
+from slimtune.train import predict, train
 
 CORRECTION_WINDOW = 10
 
@@ -118,13 +120,13 @@ class ProxyEvaluator:
             else:
                 model = self._proxy_model(policy)
                 val = p.data.val
-                n = min(p.spec.env.proxy_val_size, len(val))
-                acc = accuracy(predict(model, val.x[:n]), val.y[:n])
+                first = val.first(min(p.spec.env.proxy_val_size, len(val)))
+                acc, _ = evaluate_split(Objective.of(p.spec), lambda x: predict(model, x), first)
                 if not self.groups:
                     return acc, {}
             from slimtune.evaluate.suite import EvalInputs, evaluate_behaviour
 
-            inputs = EvalInputs(logits=predict(model, p.data.test.x), data=p.data,
+            inputs = EvalInputs(logits=predict(model, p.data.test), data=p.data,
                                 logits_fn=lambda x: predict(model, x), model=model,
                                 reference=self._reference())
             return acc, evaluate_behaviour(self.groups, inputs).metrics
@@ -137,7 +139,8 @@ class ProxyEvaluator:
         model = prune_structure(p.baseline, p.table, policy, round_to=spec.space.round_to)
         train(model, p.data.train, steps=env.proxy_steps, batch_size=ft.batch_size,
               lr=ft.lr, seed=spec.search.seed, teacher=p.baseline if ft.distill else None,
-              temperature=ft.temperature, alpha=ft.alpha)
+              temperature=ft.temperature, alpha=ft.alpha,
+              device=training_device(spec.train.device), objective=Objective.of(spec))
         recalibrate_bn(model, p.data.train, batches=env.recal_batches,
                        batch_size=ft.batch_size)
         quantize_weights(model, p.table, policy, include_8bit=True)

@@ -112,8 +112,13 @@ def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrenc
         max_failures = ctx.spec.search.max_failures
     from ray import tune
 
-    cpus = float(ctx.spec.target.threads)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": cpus})
+    from slimtune.device import worker_gpus
+
+    resources = {"cpu": float(ctx.spec.target.threads)}
+    gpus = worker_gpus(ctx.spec.train.device, concurrency)
+    if gpus:  # fine-tunes on CUDA: Ray shows the GPU only to workers that ask for it
+        resources["gpu"] = gpus
+    trainable = tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), resources)
     with tempfile.TemporaryDirectory(prefix="slimtune-tune-") as storage:
         tuner = tune.Tuner(
             trainable,

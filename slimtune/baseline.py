@@ -67,8 +67,13 @@ _LATER_KEYS = {"model": ("output_key",),
                "data": ("import_", "folder", "npz", "size", "mean", "std", "channels")}
 
 
+# How the data is loaded, not what it is: never part of the key.
+_LOADING_KEYS = {"model": set(), "data": {"workers", "batch_size"}}
+
+
 def _dump(section: BaseModel, name: str, **kwargs: Any) -> dict[str, Any]:
-    data = section.model_dump(mode="json", **kwargs)
+    exclude = set(kwargs.pop("exclude", set())) | _LOADING_KEYS[name]
+    data = section.model_dump(mode="json", exclude=exclude, **kwargs)
     return {k: v for k, v in data.items() if v is not None or k not in _LATER_KEYS[name]}
 
 
@@ -83,6 +88,8 @@ def baseline_key(spec: JobSpec, data: Dataset | None = None) -> str:
               "version": RECIPE_VERSION}
     if data is not None and data.fingerprint:
         recipe["data_fingerprint"] = data.fingerprint
+    if spec.task != "classification" or spec.loss is not None:  # trains on another loss
+        recipe["objective"] = {"task": spec.task, "loss": spec.loss}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -102,10 +109,13 @@ def prepare_baseline(spec: JobSpec, data: Dataset) -> Baseline:
     start = time.perf_counter()
     recipe = spec.baseline
     steps = math.ceil(recipe.epochs * len(data.train) / recipe.batch_size)
+    from slimtune.device import training_device
+    from slimtune.objective import Objective
     from slimtune.train import train
 
     train(model, data.train, steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
-          weight_decay=recipe.weight_decay, seed=recipe.seed)
+          weight_decay=recipe.weight_decay, seed=recipe.seed,
+          device=training_device(spec.train.device), objective=Objective.of(spec))
     seconds = time.perf_counter() - start
     _save_atomic(model.state_dict(), path)
     return Baseline(model.eval(), "trained", key, seconds)

@@ -1,8 +1,9 @@
-"""Datasets as in-memory tensors: Fashion-MNIST from local files, sklearn digits, synthetic.
+"""The built-in datasets: Fashion-MNIST from local files, sklearn digits, synthetic.
 
 A user's own data (``data: {import|folder|npz: ...}``) is read by :mod:`slimtune.userdata`
-into the same :class:`Dataset`. Every split is held in memory as one tensor for now;
-streaming through DataLoaders (datasets larger than RAM) is a later step of issue 14.
+into the same :class:`Dataset`. Every split is a :class:`slimtune.split.Split`, read in
+batches through DataLoaders; the built-in ones are small and tensor-backed (Fashion-MNIST's
+chosen images as float32 are ~190 MB at most), the user's stream from their files.
 
 Nothing is downloaded and nothing is cached on disk. Fashion-MNIST comes from the
 Debian package ``dataset-fashion-mnist``; its files are checked against the MD5s of
@@ -17,13 +18,16 @@ import hashlib
 import math
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from slimtune.errors import UserInputError
+from slimtune.split import Split
+
+__all__ = ["DATASETS", "DataError", "Dataset", "Split", "check_dataset", "load_dataset"]
 
 DATASETS = ("fashion-mnist", "digits", "synthetic")
 
@@ -79,28 +83,6 @@ class DataError(UserInputError):
 
 
 @dataclass(frozen=True)
-class Split:
-    """Inputs ``x`` (float32, N x C x H x W for images, N x F for tabular data, as the
-    model takes them) and labels ``y`` (int64, N). In memory; DataLoaders come later."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.dtype != torch.float32 or self.x.dim() < 2:
-            raise ValueError(
-                f"x must be float32 N x ... (at least 2-D), got {self.x.dtype} {self.x.dim()}-D"
-            )
-        if self.y.dtype != torch.int64 or self.y.shape != (len(self.x),):
-            raise ValueError(
-                f"y must be int64 of shape ({len(self.x)},), got {tuple(self.y.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
 class Dataset:
     """Train/val/test splits of one dataset plus what a model needs to know about it.
 
@@ -118,6 +100,11 @@ class Dataset:
     class_names: tuple[str, ...]
     notes: tuple[str, ...] = ()
     fingerprint: str = ""
+
+    def with_loading(self, *, workers: int, batch_size: int) -> Dataset:
+        """Every split loaded with ``workers`` processes, in passes of ``batch_size``."""
+        return replace(self, **{name: getattr(self, name).with_loading(
+            workers=workers, batch_size=batch_size) for name in ("train", "val", "test")})
 
 
 def _unknown(name: str) -> DataError:

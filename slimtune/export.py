@@ -28,6 +28,8 @@ from onnxruntime.quantization import (
 )
 from torch import nn
 
+from slimtune.split import Split
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: ONNX ops that implement a torch conv / linear layer and carry its weight.
@@ -158,18 +160,19 @@ def onnx_node_for_layer(onnx_model: onnx.ModelProto, layer_name: str) -> str | N
 
 
 class _BatchReader(CalibrationDataReader):
-    """Feeds the calibration examples to ORT's calibrator in mini-batches."""
+    """Feeds the calibration examples to ORT's calibrator in mini-batches: slices of an
+    array, or a split's loader (read as the calibrator asks, a batch at a time)."""
 
-    def __init__(self, examples: np.ndarray, batch_size: int = _CALIBRATION_BATCH) -> None:
-        self._batches = iter(
-            [
-                {INPUT_NAME: examples[i : i + batch_size]}
-                for i in range(0, len(examples), batch_size)
-            ]
-        )
+    def __init__(self, examples: np.ndarray | Split, batch_size: int = _CALIBRATION_BATCH) -> None:
+        if isinstance(examples, Split):
+            self._batches = (_as_float32(b.x) for b in examples.loader(batch_size))
+        else:
+            n = len(examples)
+            self._batches = (examples[i : i + batch_size] for i in range(0, n, batch_size))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
 
 
 def _as_float32(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -182,7 +185,7 @@ def quantize_onnx(
     out_path: Path,
     *,
     int8_layers: Sequence[str],
-    calibration: np.ndarray | torch.Tensor,
+    calibration: np.ndarray | torch.Tensor | Split,
     per_channel: bool = True,
 ) -> Path:
     """Statically quantize the Conv/Gemm/MatMul nodes of `int8_layers` to int8, the rest fp32.
@@ -213,11 +216,12 @@ def quantize_onnx(
     fp32_nodes = {
         n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and n.name not in int8_nodes
     }
+    examples = calibration if isinstance(calibration, Split) else _as_float32(calibration)
     with _quiet():
         quantize_static(
             str(fp32_path),
             str(out_path),
-            _BatchReader(_as_float32(calibration)),
+            _BatchReader(examples),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             reduce_range=True,
@@ -249,9 +253,14 @@ def onnx_session(path: Path, *, threads: int) -> ort.InferenceSession:
 
 
 def onnx_predict(
-    session: ort.InferenceSession, x: np.ndarray | torch.Tensor, batch_size: int = 256
+    session: ort.InferenceSession, x: np.ndarray | torch.Tensor | Split, batch_size: int = 256
 ) -> np.ndarray:
-    """Logits for all of `x` (a whole split), run in batches of `batch_size`."""
+    """Logits for all of `x` (a tensor in batches of `batch_size`, or a split streamed in
+    its own batches)."""
+    if isinstance(x, Split):
+        return np.concatenate(
+            [session.run([OUTPUT_NAME], {INPUT_NAME: _as_float32(b.x)})[0] for b in x.loader()]
+        )
     data = _as_float32(x)
     return np.concatenate(
         [

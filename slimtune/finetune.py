@@ -19,12 +19,14 @@ import contextlib
 
 from torch import nn
 
-from slimtune.data import Split
+from slimtune.device import training_device
 from slimtune.hints import feature_hints, hint_layer_names
 from slimtune.layers import LayerTable
 from slimtune.methods.registry import methods
+from slimtune.objective import Objective
 from slimtune.policy import Policy
 from slimtune.spec import FinetuneSpec, JobSpec
+from slimtune.split import Split
 from slimtune.train import train
 
 __all__ = ["finetune", "finetune_recipe"]
@@ -52,7 +54,8 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
         if distill_from is not None and ft.hint_weight > 0:
             hints = stack.enter_context(feature_hints(
                 model, distill_from, table, hint_layer_names(table, ft.hint_layers),
-                weight=ft.hint_weight, example=split.x[:ft.batch_size]))
+                weight=ft.hint_weight, example=split.head(ft.batch_size).x))
         train(model, split, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=seed,
-              teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints)
+              teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints,
+              device=training_device(spec.train.device), objective=Objective.of(spec))
     return model.eval()

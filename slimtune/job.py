@@ -20,6 +20,7 @@ from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
 from slimtune.evaluate.trial_eval import job_reference
 from slimtune.latency import MeasureProtocol, machine_lock
+from slimtune.objective import Objective, evaluate_split
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
@@ -39,7 +40,6 @@ from slimtune.resume import (
 from slimtune.search.base import Searcher
 from slimtune.spec import JobSpec
 from slimtune.tracking import PENDING_FILE, Tracker
-from slimtune.train import accuracy
 from slimtune.trial import TrialContext, deploy, measure
 
 log = logging.getLogger("slimtune")
@@ -271,8 +271,9 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
     stats = measure(ctx, deployed)
     threads = ctx.spec.target.threads
     with machine_lock("shared"):
-        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
-        test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+        run, objective = deployed.runner(threads), Objective.of(ctx.spec)
+        val, _ = evaluate_split(objective, run, ctx.data.val)
+        test, _ = evaluate_split(objective, run, ctx.data.test)
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
     return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
             "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,

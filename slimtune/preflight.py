@@ -84,7 +84,7 @@ def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[
     calibrated on training examples, as trials are)."""
     from slimtune.predictor import measure_policies
 
-    calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+    calib = ctx.data.train.head(ctx.spec.finetune.calibration_size).x.numpy()
     stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,
                              protocol=ctx.protocol, interleave=True)
     return list(stats)

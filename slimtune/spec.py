@@ -68,7 +68,9 @@ class DataSpec(_Strict):
     returning train/val/test ``torch.utils.data.Dataset``s), ``folder`` (an ImageFolder
     tree: ``DIR/train/<class>/*.png``, ``val/``, ``test/``) or ``npz`` (``x_train``,
     ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``). ``size``, ``mean``,
-    ``std`` and ``channels`` apply to ``folder`` only. See slimtune.userdata.
+    ``std`` and ``channels`` apply to ``folder`` only. See slimtune.userdata. ``workers``
+    and ``batch_size`` say how the splits are streamed (slimtune.split); they change no
+    result and are not part of the baseline's cache key.
     """
 
     dataset: Literal["fashion-mnist", "digits", "synthetic"] | None = None
@@ -84,6 +86,10 @@ class DataSpec(_Strict):
     mean: float | tuple[float, ...] | None = None
     std: float | tuple[float, ...] | None = None
     channels: Literal[1, 3] | None = None
+    # how every pass reads the data (slimtune.split): DataLoader worker processes, and the
+    # batch of evaluation and statistics passes (training batches are the recipes' own)
+    workers: int = Field(default=0, ge=0, le=256)
+    batch_size: int = Field(default=512, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -321,6 +327,13 @@ class BaselineSpec(_Strict):
     seed: int = 0
 
 
+class TrainSpec(_Strict):
+    """Where the baseline's training and the fine-tunes run (slimtune.device); latency is
+    measured on the target regardless. Not part of the baseline's cache key."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class FinetuneSpec(_Strict):
     """The short fine-tune every trial gets after compression."""
 
@@ -467,6 +480,7 @@ class JobSpec(_Strict):
     search: SearchSpec = SearchSpec()
     space: SpaceSpec = SpaceSpec()
     baseline: BaselineSpec = BaselineSpec()
+    train: TrainSpec = TrainSpec()
     finetune: FinetuneSpec = FinetuneSpec()
     scoring: ScoringSpec = ScoringSpec()
     supernet: SupernetSpec = SupernetSpec()
@@ -478,6 +492,29 @@ class JobSpec(_Strict):
     evaluate: tuple[str, ...] = DEFAULT_GROUPS
     constraints: dict[str, float] = {}
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    # what the model is for (slimtune.objective): class logits, or the user's own outputs,
+    # scored by ``metric`` and trained with ``loss`` ("pkg.module:fn" each)
+    task: Literal["classification", "custom"] = "classification"
+    metric: str | None = None
+    loss: str | None = None
+
+    @model_validator(mode="after")
+    def _task(self) -> JobSpec:
+        if self.task == "classification":
+            return self
+        missing = [k for k in ("metric", "loss") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"task: custom needs {' and '.join(missing)} "
+                             "(\"pkg.module:fn\"): the outputs are not class logits")
+        if self.search.evaluator == "supernet":
+            raise ValueError("search.evaluator: supernet distils class logits; with task: "
+                             "custom use bn_recal or finetune")
+        behaviour = [k for k in (*self.constraints, *self.objectives)
+                     if k in BOUNDS and group_of(k) is not None]
+        if behaviour:
+            raise ValueError(f"{', '.join(behaviour)}: behaviour metrics need class logits, "
+                             "and task: custom has none")
+        return self
 
     @model_validator(mode="after")
     def _recipe(self) -> JobSpec:
@@ -539,6 +576,8 @@ class JobSpec(_Strict):
     @property
     def metric_groups(self) -> tuple[str, ...]:
         """``evaluate`` plus every group a constraint or an objective needs (registry order)."""
+        if self.task != "classification":  # every group reads class logits
+            return ()
         needed = set(self.evaluate) | {group_of(k) for k in (*self.constraints, *self.objectives)
                                        if k in BOUNDS}
         return tuple(g for g in GROUPS if g in needed)

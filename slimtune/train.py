@@ -9,20 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.data import Split
+from slimtune.objective import CLASSIFICATION, Objective
+from slimtune.split import Split
 
 if TYPE_CHECKING:
     from slimtune.hints import FeatureHints
-
-
-def _batches(split: Split, batch_size: int, generator: torch.Generator):
-    """Endless shuffled mini-batches of a split."""
-    n = len(split)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = order[i:i + batch_size]
-            yield split.x[idx], split.y[idx]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -37,18 +28,46 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
           weight_decay: float = 5e-4, seed: int = 0, teacher: nn.Module | None = None,
           temperature: float = 4.0, alpha: float = 0.7,
-          hints: FeatureHints | None = None) -> nn.Module:
+          hints: FeatureHints | None = None,
+          device: torch.device | str = "cpu",
+          objective: Objective = CLASSIFICATION) -> nn.Module:
     """SGD with momentum and a cosine schedule for ``steps`` steps, in place.
 
     With a ``teacher``, the loss is knowledge distillation from it; otherwise plain
-    cross-entropy. ``hints`` (FitNets, :mod:`slimtune.hints`; needs the teacher) adds
-    its feature-matching term, and its regressors train with the model.
+    cross-entropy (``objective``: the spec's ``loss`` instead, and MSE distillation on
+    outputs that are not class logits, :mod:`slimtune.objective`). ``hints`` (FitNets,
+    :mod:`slimtune.hints`; needs the teacher) adds its feature-matching term, and its
+    regressors train with the model. The loop runs on
+    ``device`` (``train.device``, :mod:`slimtune.device`); the model, the teacher and the
+    regressors are back on the CPU when it returns.
     """
     if hints is not None and teacher is None:
         raise ValueError("hints match a teacher's features: give the teacher")
     if steps <= 0:
         return model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, seed=seed, teacher=teacher,
+                      temperature=temperature, alpha=alpha, hints=hints, device=device,
+                      objective=objective)
+    movable = [m for m in (model, teacher, hints.regressors if hints else None) if m is not None]
+    try:
+        for module in movable:
+            module.to(device)
+        return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, seed=seed, teacher=teacher,
+                      temperature=temperature, alpha=alpha, hints=hints, device=device,
+                      objective=objective)
+    finally:
+        for module in movable:
+            module.to("cpu")
+
+
+def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
+           weight_decay: float, seed: int, teacher: nn.Module | None, temperature: float,
+           alpha: float, hints: FeatureHints | None, device: torch.device,
+           objective: Objective) -> nn.Module:
     torch.manual_seed(seed)
     params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
@@ -58,18 +77,19 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
     if teacher is not None:
         teacher.eval()
     model.train()
-    batches = _batches(split, batch_size, generator)
-    for _ in range(steps):
-        x, y = next(batches)
-        logits = model(x)
+    # seeded epochs of full shuffled batches (slimtune.split.shuffled_batches)
+    pin = device.type == "cuda"
+    for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps, pin_memory=pin):
+        if device.type != "cpu":
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+        outputs = model(x)
+        target = None
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(x)
-            loss = distillation_loss(logits, target, y, temperature=temperature, alpha=alpha)
-            if hints is not None:
-                loss = loss + hints.loss()
-        else:
-            loss = F.cross_entropy(logits, y)
+        loss = objective.training_loss(outputs, y, target, temperature=temperature, alpha=alpha)
+        if hints is not None:
+            loss = loss + hints.loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,9 +98,12 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of an eval-mode torch model over a whole split."""
+def predict(model: nn.Module, x: torch.Tensor | Split, batch_size: int = 512) -> torch.Tensor:
+    """Logits of an eval-mode torch model over a whole split (streamed in its batches) or
+    a tensor of inputs (in batches of ``batch_size``)."""
     model.eval()
+    if isinstance(x, Split):
+        return torch.cat([model(batch.x) for batch in x.loader()])
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 

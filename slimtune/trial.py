@@ -38,10 +38,10 @@ from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
 from slimtune.methods.apply import compressed_structure, policy_size_bytes, weights_as_deployed
 from slimtune.methods.quantization import WeightQuantization
+from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
-from slimtune.train import accuracy
 
 LAYERS_FILE = "layers.json"
 
@@ -90,7 +90,7 @@ def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path)
         return Deployed(model, None)
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     export_onnx(model, ctx.data.input_shape, fp32)
-    calib = ctx.data.train.x[: ctx.spec.finetune.calibration_size]
+    calib = ctx.data.train.first(ctx.spec.finetune.calibration_size)  # streamed
     quantize_onnx(fp32, onnx_path, int8_layers=int8_layers(policy, model), calibration=calib)
     fp32.unlink(missing_ok=True)
     return Deployed(model, onnx_path)
@@ -179,9 +179,10 @@ def evaluate_deployed(ctx: TrialContext, model: nn.Module, policy: Policy, out: 
     latency, ratio, within = timing(deployed)
     with machine_lock("shared"):
         threads = spec.target.threads
-        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
-        test_logits = deployed.logits(ctx.data.test.x, threads)
-        test = accuracy(test_logits, ctx.data.test.y)
+        run = deployed.runner(threads)
+        objective = Objective.of(spec)
+        val, _ = evaluate_split(objective, run, ctx.data.val)
+        test, test_logits = evaluate_split(objective, run, ctx.data.test)
         behaviour = evaluate_trial(ctx, deployed, model, policy, test_logits, out)
     save_trial_model(out, model, policy, ctx)
     if deployed.onnx_path is None:  # module target (torch): an fp32 ONNX export for deployment

@@ -10,10 +10,12 @@ from torch import nn
 
 from slimtune.baseline import build_model
 from slimtune.data import Dataset
+from slimtune.device import training_device
 from slimtune.errors import UserInputError
 from slimtune.imports import one_line
 from slimtune.layers import LayerTable, build_layer_table
 from slimtune.models import ModelError, load_weights, output_note
+from slimtune.objective import Objective
 from slimtune.spec import JobSpec
 from slimtune.tracking import check_tracking_uri
 from slimtune.userdata import load_data
@@ -36,12 +38,21 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
 
         check_local_threads(spec.target.threads)
         spec.target.backend.versions()  # its library is installed here, else one line
-    data = load_data(spec.data, seed=spec.baseline.seed)
+    training_device(spec.train.device)  # cuda without CUDA: one line, before the data
+    objective = Objective.of(spec)
+    objective.imports()  # a metric or loss that does not import: one line, before the data
+    data = load_data(spec.data, seed=spec.baseline.seed, task=spec.task)
     model = build_model(spec.model, num_classes=data.num_classes,
                         in_channels=data.input_shape[0], input_shape=data.input_shape)
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
-    check_logits(model, data, spec.model.describe())
+    if objective.logits:
+        check_logits(model, data, spec.model.describe())
+    probe = data.train.first(2).loader().__iter__().__next__()
+    objective.check(model, probe.x, probe.y)  # the metric returns a number, the loss a scalar
+    skipped = "" if objective.logits or not spec.evaluate else (
+        f"task custom: the behaviour metrics ({', '.join(spec.evaluate)}) need class logits; "
+        "skipped")
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
     if not table.groups:
         raise UserInputError(f"model {spec.model.describe()}: no prunable layer found")
@@ -49,7 +60,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         from slimtune.hints import hint_layer_names
 
         hint_layer_names(table, spec.finetune.hint_layers)  # HintLayerError: one line
-    for note in (*data.notes, output_note(model)):  # only once every check has passed
+    for note in (*data.notes, output_note(model), skipped):  # only once every check has passed
         if note:
             print(f"slimtune: {note}", file=sys.stderr, flush=True)
     return CheckedInputs(data, model, table)
@@ -60,10 +71,10 @@ def check_logits(model: nn.Module, data: Dataset, what: str) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            logits = model.eval()(data.train.x[:2])
+            logits = model.eval()(data.train.head(2).x)
     except Exception as e:
         raise ModelError(f"model {what}: its forward failed on a batch of the data "
-                         f"(shape {list(data.train.x[:2].shape)}): {type(e).__name__}: "
+                         f"(shape {[2, *data.train.example_shape]}): {type(e).__name__}: "
                          f"{one_line(e)}") from e
     finally:
         model.train(was_training)
@@ -77,6 +88,14 @@ def check_logits(model: nn.Module, data: Dataset, what: str) -> None:
                          f"{data.num_classes - 1}): build it with num_classes")
 
 
+def _classes(spec: JobSpec, data: Dataset) -> str:
+    if spec.task == "classification":
+        return f"{data.num_classes} classes"
+    if data.class_names:
+        return f"task custom on {data.num_classes} classes"
+    return f"task custom, targets of {data.num_classes} values"
+
+
 def validate_job(spec: JobSpec) -> str:
     """``slimtune validate``: check the inputs and summarise the job in one line."""
     checked = check_inputs(spec)
@@ -86,7 +105,8 @@ def validate_job(spec: JobSpec) -> str:
     return (f"ok: {spec.name}: {spec.model.describe()} ({table.params / 1e3:.1f}k params, "
             f"{table.macs / 1e6:.2f}M MACs, {len(table.groups)} channel groups, "
             f"{len(table.layers)} layers) on {spec.data.describe()} ({len(data.train)}/"
-            f"{len(data.val)}/{len(data.test)} train/val/test, {data.num_classes} classes, "
+            f"{len(data.val)}/{len(data.test)} train/val/test, "
+            f"{_classes(spec, data)}, "
             f"input {'x'.join(map(str, data.input_shape))}), budget {budget} on "
             f"{spec.target.runtime}, {_search(spec)}")
 

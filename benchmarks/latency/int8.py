@@ -41,10 +41,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(baseline.model, data.input_shape, Path(tmp) / "fp32.onnx")
         int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", int8_layers=names,
-                             calibration=data.train.x[:spec.finetune.calibration_size])
+                             calibration=data.train.first(spec.finetune.calibration_size))
         acc = {k: accuracy(
             __import__("torch").from_numpy(onnx_predict(onnx_session(p, threads=threads),
-                                                        data.test.x)), data.test.y)
+                                                        data.test)), data.test.y)
             for k, p in (("fp32", fp32), ("int8", int8))}
         rows = []
         for batch in args.batches:

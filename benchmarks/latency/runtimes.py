@@ -38,13 +38,13 @@ def main() -> None:
     spec, checked = quickstart()
     shape, batch, threads = checked.data.input_shape, spec.target.batch_size, spec.target.threads
     names = [layer.name for layer in checked.table.layers]
-    calib = checked.data.train.x[:spec.finetune.calibration_size]
+    calib = checked.data.train.first(spec.finetune.calibration_size)
     proto = MeasureProtocol(warmup=10, rounds=1, repeats=args.repeats)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         fp32 = export_onnx(checked.model, shape, Path(tmp) / "fp32.onnx")
         files = {"fp32": fp32, "int8": quantize_onnx(fp32, Path(tmp) / "int8.onnx",
                                                      int8_layers=names, calibration=calib)}
-        x = checked.data.test.x[:batch].numpy()
+        x = checked.data.test.head(batch).x.numpy()
         agreement = {}
         for kind, path in files.items():
             ort_out = onnx_predict(onnx_session(path, threads=threads), x)

@@ -39,11 +39,12 @@ def privacy_metrics(inputs: Any) -> dict[str, Any]:
     from the deployed model's logits on ``PRIVACY_SIZE`` examples of each."""
     train, test = inputs.data.train, inputs.data.test
     n = min(PRIVACY_SIZE, len(train), len(test))
-    member_logits = inputs.logits_fn(train.x[:n])
+    members = train.head(n)
+    member_logits = inputs.logits_fn(members.x)
     other_logits = inputs.logits[:n]
-    m_loss = F.cross_entropy(member_logits, train.y[:n], reduction="none")
+    m_loss = F.cross_entropy(member_logits, members.y, reduction="none")
     o_loss = F.cross_entropy(other_logits, test.y[:n], reduction="none")
-    gap = (float((member_logits.argmax(1) == train.y[:n]).float().mean())
+    gap = (float((member_logits.argmax(1) == members.y).float().mean())
            - float((other_logits.argmax(1) == test.y[:n]).float().mean()))
     return {"mia_advantage": loss_threshold_advantage(m_loss, o_loss),
             "generalization_gap": gap}

@@ -75,7 +75,7 @@ def robustness_metrics(inputs: Any) -> dict[str, Any]:
     ``pgd_accuracy`` (L-inf ``ATTACK_EPS``; PGD ``PGD_STEPS`` steps) on the torch model,
     ``noise_accuracy`` (Gaussian, std ``NOISE_STD``) on the deployed model."""
     test = inputs.data.test
-    x, y = test.x[:ROBUST_SIZE], test.y[:ROBUST_SIZE]
+    x, y = test.head(ROBUST_SIZE)
     model = inputs.model
     g = torch.Generator().manual_seed(NOISE_SEED)
     noisy = x + NOISE_STD * torch.randn(x.shape, generator=g)

@@ -44,7 +44,8 @@ def rank_correlation(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
 def saliency_maps(model: nn.Module, data: Any) -> torch.Tensor:
     """The maps of ``model`` on the fixed sample (first ``SALIENCY_SIZE`` test examples)."""
     test = data.test
-    return input_gradient_saliency(model, test.x[:SALIENCY_SIZE], test.y[:SALIENCY_SIZE])
+    sample = test.head(SALIENCY_SIZE)
+    return input_gradient_saliency(model, sample.x, sample.y)
 
 
 def saliency_metrics(inputs: Any) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from torch import nn
 
 from slimtune.evaluate.registry import GROUPS
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+#: the deployed model's logits on a tensor of inputs or on a whole split (streamed)
+LogitsFn = Callable[[Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def baseline_reference(groups: Iterable[str], *, model: nn.Module, logits_fn: Lo
     from slimtune.evaluate.saliency import saliency_maps
 
     groups = tuple(groups)
-    logits = logits_fn(data.test.x)
+    logits = logits_fn(data.test)
     ref = BehaviourReference(logits, saliency_maps(model, data) if "saliency" in groups
                              else None)
     own = evaluate_behaviour(groups, EvalInputs(logits, data, logits_fn, model, ref)).metrics

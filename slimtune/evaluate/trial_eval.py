@@ -66,7 +66,7 @@ def job_reference(ctx: Any, model: nn.Module, baseline_dir: Path) -> BehaviourRe
                              logits_fn=lambda x: deployed.logits(x, threads), data=ctx.data)
     if ref.saliency is not None:
         test = ctx.data.test
-        np.savez(baseline_dir / "saliency.npz", inputs=test.x[:SALIENCY_KEPT].numpy(),
-                 labels=test.y[:SALIENCY_KEPT].numpy(),
+        kept = test.head(SALIENCY_KEPT)
+        np.savez(baseline_dir / "saliency.npz", inputs=kept.x.numpy(), labels=kept.y.numpy(),
                  maps=ref.saliency[:SALIENCY_KEPT].numpy())
     return ref

@@ -10,11 +10,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimtune.data import Split
+from slimtune.split import IndexBatches, Split
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibration_batches(n: int, batches: int, batch_size: int) -> IndexBatches:
+    """Windows of ``batch_size`` consecutive examples from the start, wrapping before the
+    end (the last window may be short when ``n`` is small)."""
+    def windows():
+        for i in range(batches):
+            start = (i * batch_size) % max(n - batch_size, 1)
+            yield list(range(start, min(start + batch_size, n)))
+
+    return IndexBatches(windows, batches)
 
 
 @torch.no_grad()
@@ -33,10 +44,8 @@ def recalibrate_bn(model: nn.Module, split: Split, *, batches: int, batch_size: 
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches below
     model.train()
-    n = len(split)
-    for i in range(batches):
-        start = (i * batch_size) % max(n - batch_size, 1)
-        model(split.x[start:start + batch_size])
+    for x, _ in split.batched(recalibration_batches(len(split), batches, batch_size)):
+        model(x)
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     model.eval()

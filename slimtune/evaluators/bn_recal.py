@@ -20,8 +20,9 @@ from slimtune.evaluators.base import Evaluator
 from slimtune.evaluators.bn import recalibrate_bn
 from slimtune.layers import LayerTable
 from slimtune.methods.apply import compressed_structure
+from slimtune.objective import CLASSIFICATION, Objective, evaluate_split
 from slimtune.policy import Policy
-from slimtune.train import accuracy, predict
+from slimtune.train import predict
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class BNRecalEvaluator(Evaluator):
     settings: ScoreSettings = ScoreSettings()
     threads: int = 2
     name: str = "bn_recal"
+    objective: Objective = CLASSIFICATION
     _memo: dict[str, float] = field(default_factory=dict, repr=False)
 
     def model(self, policy: Policy) -> nn.Module:
@@ -60,5 +62,7 @@ class BNRecalEvaluator(Evaluator):
         if key not in self._memo:
             model = self.model(policy)
             n = min(self.settings.val_size, len(self.val))
-            self._memo[key] = accuracy(predict(model, self.val.x[:n]), self.val.y[:n])
+            val = self.val.first(n)
+            run = lambda x: predict(model, x)  # noqa: E731 - one forward per batch
+            self._memo[key] = evaluate_split(self.objective, run, val)[0]
         return self._memo[key]

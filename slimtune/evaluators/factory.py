@@ -15,6 +15,7 @@ from slimtune.data import Dataset
 from slimtune.evaluators.base import Evaluator
 from slimtune.latency import machine_lock
 from slimtune.layers import LayerTable
+from slimtune.objective import Objective
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
 
@@ -41,7 +42,7 @@ def build_evaluator(kind: str, spec: JobSpec, baseline: nn.Module, table: LayerT
                                  batch_size=sc.batch_size, val_size=val_size or sc.val_size)
         return BNRecalEvaluator(baseline, table, data.train, data.val,
                                 round_to=spec.space.round_to, settings=settings,
-                                threads=spec.target.threads)
+                                threads=spec.target.threads, objective=Objective.of(spec))
     if space is None:
         raise ValueError("the supernet evaluator needs the search space it samples from")
     import torch
@@ -64,4 +65,5 @@ def build_evaluator(kind: str, spec: JobSpec, baseline: nn.Module, table: LayerT
             recipe=recipe, val_size=val_size or spec.scoring.val_size,
             recal_batches=recal_batches or spec.scoring.recal_batches, on_step=step)
     evaluator.batch_size = spec.scoring.batch_size
+    evaluator.objective = Objective.of(spec)
     return evaluator

@@ -60,7 +60,10 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
     baseline, as a user pruning by hand would), searched rows from ``evaluator``'s."""
     import ray
 
+    from slimtune.device import worker_gpus
+
     task = ray.remote(num_cpus=float(ctx.spec.target.threads),
+                      num_gpus=worker_gpus(ctx.spec.train.device, ctx.spec.search.concurrency),
                       max_retries=ctx.spec.search.max_failures)(_finalize_task)
     ctx_ref, searched_ref = ray.put(ctx), ray.put(evaluator)
     plain_ref = ray.put(references) if references is not None else searched_ref

@@ -55,7 +55,7 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
     from slimtune.predictor import build_predictor
 
     with machine_lock("shared"):
-        calib = ctx.data.train.x[:ctx.spec.finetune.calibration_size].numpy()
+        calib = ctx.data.train.head(ctx.spec.finetune.calibration_size).x.numpy()
     predictor = build_predictor(ctx.spec, baseline, ctx.table, progress=say,
                                 calibration_x=calib)
     say(predictor.describe())

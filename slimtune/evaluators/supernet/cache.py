@@ -48,11 +48,7 @@ def state_hash(model: nn.Module) -> str:
 
 def split_hash(split: Split) -> str:
     """SHA-256 of a split's inputs and labels (what the supernet trains on)."""
-    h = hashlib.sha256()
-    for t in (split.x, split.y):
-        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return split.content_hash()  # streamed: the digest of the whole tensors, as before
 
 
 def supernet_key(baseline: nn.Module, table: LayerTable, space: SearchSpace,

@@ -33,9 +33,10 @@ from slimtune.evaluators.supernet.elastic import MaskedSupernet, channel_order
 from slimtune.evaluators.supernet.sandwich import SandwichRecipe, train_supernet
 from slimtune.layers import LayerTable
 from slimtune.methods.apply import check_policy
+from slimtune.objective import CLASSIFICATION, evaluate_split
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
-from slimtune.train import accuracy, predict
+from slimtune.train import predict
 
 __all__ = ["SupernetEvaluator", "supernet_cache_dir"]
 
@@ -51,7 +52,7 @@ class SupernetEvaluator(Evaluator):
     ``score(policy)``: masks set to the policy (ratios rounded by ``group_kept`` with the
     supernet's ``round_to``), its layers below 32 bits fake-quantized (8-bit too, as the
     episode proxy does), BN recalibrated on ``recal_batches`` batches of ``batch_size``
-    training examples, top-1 on ``val.x[:val_size]``. Memoised by ``Policy.key()``.
+    training examples, top-1 on the first ``val_size`` val examples. Memoised by ``Policy.key()``.
     ``model(policy)``: the float sub-network, channels removed in the fixed order, BN
     recalibrated the same way, eval mode; a new module each call.
     """
@@ -66,6 +67,7 @@ class SupernetEvaluator(Evaluator):
         self.val_size = min(val_size, len(val_split))
         self.recal_batches = recal_batches
         self.batch_size = batch_size
+        self.objective = CLASSIFICATION  # the score: top-1, or the spec's metric
         self.cache: dict[str, float] = {}
         self.key = ""  # the supernet's cache key, and its file (None: not cached)
         self.path: Path | None = None
@@ -127,8 +129,8 @@ class SupernetEvaluator(Evaluator):
         supernet = self.supernet.set_policy(policy)
         with supernet.quantized(policy):
             self._recalibrate()
-            n = self.val_size
-            return accuracy(predict(supernet, self.val_split.x[:n]), self.val_split.y[:n])
+            val = self.val_split.first(self.val_size)
+            return evaluate_split(self.objective, lambda x: predict(supernet, x), val)[0]
 
     def model(self, policy: Policy) -> nn.Module:
         _check(self.supernet.table, policy)

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.data import Split
 from slimtune.evaluators.supernet.cache import FORMAT, read_payload, write_payload
 from slimtune.evaluators.supernet.elastic import MaskedSupernet
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
+from slimtune.split import IndexBatches, Split
 from slimtune.train import distillation_loss
 
 __all__ = ["SandwichRecipe", "largest_policy", "random_policy", "sandwich_step",
@@ -102,15 +102,22 @@ def step_policies(space: SearchSpace, recipe: SandwichRecipe, step: int) -> list
             *(random_policy(space, rng, quantize=q) for _ in range(recipe.n_random))]
 
 
-def _batch(split: Split, batch_size: int, seed: int, step: int) -> tuple[torch.Tensor,
-                                                                         torch.Tensor]:
-    n = len(split)
+def step_batches(n: int, batch_size: int, seed: int, start: int, steps: int) -> IndexBatches:
+    """The examples of steps ``start .. steps-1``: step ``s`` takes batch ``s % per_epoch``
+    of epoch ``s // per_epoch``'s seeded permutation (so a resumed run sees the same)."""
     size = min(batch_size, n)
     per_epoch = n // size
-    epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    idx = order[i * size:(i + 1) * size]
-    return split.x[idx], split.y[idx]
+
+    def batches():
+        order, current = None, None
+        for step in range(start, steps):
+            epoch, i = divmod(step, per_epoch)
+            if epoch != current:
+                generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+                order, current = torch.randperm(n, generator=generator), epoch
+            yield order[i * size:(i + 1) * size].tolist()
+
+    return IndexBatches(batches, max(steps - start, 0))
 
 
 def sandwich_step(supernet: MaskedSupernet, x: torch.Tensor, y: torch.Tensor,
@@ -166,10 +173,11 @@ def train_supernet(supernet: MaskedSupernet, space: SearchSpace, split: Split,
     if use_teacher is not None:
         use_teacher.eval()
     supernet.train()
-    for step in range(start, recipe.steps):
+    loader = split.batched(step_batches(len(split), recipe.batch_size, recipe.seed, start,
+                                        recipe.steps))
+    for step, (x, y) in zip(range(start, recipe.steps), loader, strict=True):
         for group in opt.param_groups:
             group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-        x, y = _batch(split, recipe.batch_size, recipe.seed, step)
         policies = step_policies(space, recipe, step)
         opt.zero_grad(set_to_none=True)
         sandwich_step(supernet, x, y, policies, recipe=recipe, teacher=use_teacher)
