@@ -85,7 +85,7 @@ class NpzItems(TorchDataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = np.asarray(self.array[self.indices[i]], dtype=np.float32)
+        x = np.array(self.array[self.indices[i]], dtype=np.float32)  # a writable copy
         return torch.from_numpy(x), int(self.labels[i])
 
     def __getitems__(self, positions: Sequence[int]) -> Batch:
