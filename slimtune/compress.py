@@ -142,8 +142,10 @@ def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTabl
 
 
 def group_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
-    """Channels ``group`` keeps at ``ratio``; whole heads for an attention group."""
-    unit = math.lcm(max(round_to, 1), group.head_dim)
+    """Channels ``group`` keeps at ``ratio``; whole heads for an attention group, and a
+    multiple of the conv groups for channels a grouped conv splits (each conv group then
+    keeps the same positions, what torch-pruning's grouped conv pruning assumes)."""
+    unit = math.lcm(max(round_to, 1), group.head_dim, group.conv_groups)
     return kept_channels(group.channels, ratio, min_channels=group.min_channels, round_to=unit)
 
 
