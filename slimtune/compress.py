@@ -33,7 +33,8 @@ from slimtune.policy import FLOAT_BITS, Policy, under
 
 __all__ = ["PolicyError", "apply_policy", "check_policy", "compressed_structure",
            "count_macs_params", "fake_quantize", "fake_quantized_layers", "group_kept",
-           "kept_channels", "packed_size_bytes", "prune_structure", "removed_channels"]
+           "grouped_conv_order", "kept_channels", "packed_size_bytes", "prune_structure",
+           "removed_channels"]
 
 
 class PolicyError(UserInputError):
@@ -183,27 +184,35 @@ def _example(model: nn.Module, table: LayerTable, given: torch.Tensor | None) ->
 def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
                      example_input: torch.Tensor | None = None,
                      keep_order: Mapping[str, Sequence[int]] | None = None,
-                     ) -> dict[str, list[int]]:
+                     graph: tp.DependencyGraph | None = None) -> dict[str, list[int]]:
     """Which output channels of each group's root layer ``apply_policy`` removes.
 
     Indices are the same for every layer of a group (residual adds and depthwise convs
     share channel positions). Groups with nothing removed are left out. ``keep_order``:
-    as in :func:`prune_structure`.
+    as in :func:`prune_structure`; ``graph``: ``model``'s dependency graph, if built already.
     """
     check_policy(table, policy)
-    with eval_mode(model):
-        dg = dependency_graph(model, _example(model, table, example_input))
+    dg = graph
+    if dg is None:
+        with eval_mode(model):
+            dg = dependency_graph(model, _example(model, table, example_input))
     keep_order = keep_order or _grouped_conv_order(model, table, policy)
     return _plan(dg, _layers(model, table), table, policy, round_to, keep_order)
 
 
 def _grouped_conv_order(model: nn.Module, table: LayerTable,
                         policy: Policy) -> Mapping[str, Sequence[int]] | None:
+    return grouped_conv_order(model, table) if policy.prune else None
+
+
+def grouped_conv_order(model: nn.Module,
+                       table: LayerTable) -> Mapping[str, Sequence[int]] | None:
     """For a model with grouped (not depthwise) convs, the symmetric ranking of
-    :func:`slimtune.evaluators.supernet.channel_order`: torch-pruning slices a grouped
-    conv's input channels assuming every conv group loses the same positions, which
-    plain L2 order does not guarantee (ResNeXt pruned at random weights broke)."""
-    if not policy.prune or not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
+    :func:`slimtune.evaluators.supernet.channel_order` (None for other models): torch-pruning
+    slices a grouped conv's input channels assuming every conv group loses the same
+    positions, which plain L2 order does not guarantee (ResNeXt pruned at random weights
+    broke). Pass it as ``keep_order`` to prune many policies without ranking again."""
+    if not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
         return None
     from slimtune.evaluators.supernet.elastic import channel_order  # it builds on this module
 

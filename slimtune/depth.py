@@ -46,7 +46,7 @@ _FOUND: dict[tuple, tuple[str, ...]] = {}
 
 
 def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
-    from slimtune.compress import group_kept, prune_structure
+    from slimtune.compress import PolicyError, group_kept, prune_structure
     from slimtune.policy import Policy
 
     layers = [li.name for li in table.layers]
@@ -64,7 +64,10 @@ def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
             break
         if group.channels - group_kept(group, 0.5) == 0:
             continue
-        pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))
+        try:
+            pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))
+        except PolicyError:  # a group preflight's probe leaves out: never pruned
+            continue
         keep &= set(_shape_preserving(pruned, table, sorted(keep)))
     return tuple(n for n in names if n in keep)
 
