@@ -1,14 +1,15 @@
 """Preflight's group probe: every channel group the space offers, pruned for real once.
 
-A group the space offers is pruned alone at its largest ratio on a copy of the model,
+The groups the space offers are pruned at their largest ratios on a copy of the model,
 run forward, and compared with the *masked reference*: the unpruned model with the same
 channels zeroed where torch-pruning's dependency graph says they are produced and
 consumed (a LayerNorm normalises over the kept channels only, as the pruned one does).
-Then the groups that passed are pruned together, exported to ONNX and run in the
-target's runtime (``slimtune.runtimes``), compared with the masked reference of them
-all; when that fails, the set is halved until the failing groups are found. A group
-that fails any step leaves the space with one line saying why, so a search, a carried
-policy or an agent never picks it. Channel groups torch-pruning cannot trace at all
+Then they are exported to ONNX and run in the target's runtime (``slimtune.runtimes``),
+compared with the masked reference again. Both checks run on all groups together first
+and, when one fails, on halves until each failing group is found pruned alone (so a
+model whose groups all work costs one pruned copy and one export). A group that fails
+any step leaves the space with one line saying why, so a search, a carried policy or an
+agent never picks it. Channel groups torch-pruning cannot trace at all
 (:func:`slimtune.layers.untraced_groups`) get one line each too; their layers' bit-widths
 are still searched.
 
@@ -116,46 +117,23 @@ _PROBED: dict[tuple, ProbeReport] = {}
 def _probe(model: nn.Module, table: LayerTable, largest: Mapping[str, float],
            runtime: Runtime, round_to: int, threads: int) -> ProbeReport:
     start = time.perf_counter()
-    x = torch.randn(BATCH, *table.input_shape, generator=torch.Generator().manual_seed(0))
-    x = x.to(example_input(model, table.input_shape).device)
-    order = grouped_conv_order(model, table) if largest else None
-    reference = _MaskedReference(model, table, x)
-    failed: dict[str, GroupFailure] = {}
-    removed: dict[str, list[int]] = {}
-    for group, ratio in largest.items():
-        policy = Policy(prune={group: ratio})
-        try:
-            removed[group] = removed_channels(model, table, policy, round_to=round_to,
-                                              keep_order=order, graph=reference.dg)[group]
-            pruned = prune_structure(model, table, policy, round_to=round_to,
-                                     keep_order=order)
-            with eval_mode(pruned), torch.no_grad():
-                out = pruned(x)
-        except Exception as err:  # any error of torch-pruning or the model: reported
-            failed[group] = GroupFailure(group, ratio, "prune", _detail(err))
-            continue
-        gap = _gap(out, reference.outputs({group: removed[group]}))
-        if gap is not None:
-            failed[group] = GroupFailure(group, ratio, "masked reference", gap)
-
-    def deployed(groups: list[str]) -> str | None:  # None: exported, ran and matched
-        return _deploy_check(model, table, {g: largest[g] for g in groups},
-                             {g: removed[g] for g in groups}, reference, runtime, x,
-                             round_to, order, threads)
-
-    for group, (step, detail) in _bisect([g for g in largest if g not in failed],
-                                         deployed).items():
-        failed[group] = GroupFailure(group, largest[group], step, detail)
+    checks = _Checks(model, table, largest, runtime, round_to, threads)
+    failed = dict(checks.unplanned)
+    for check in (checks.in_torch, checks.deployed):  # the cheap check first
+        passing = [g for g in largest if g not in failed]
+        for group, (step, detail) in _bisect(passing, check).items():
+            failed[group] = GroupFailure(group, largest[group], step, detail)
     untraced = tuple(untraced_groups(model, table.input_shape))
-    return ProbeReport(probed=tuple(largest), failed=tuple(failed[g] for g in largest
-                                                           if g in failed),
+    return ProbeReport(probed=tuple(largest),
+                       failed=tuple(failed[g] for g in largest if g in failed),
                        untraced=untraced, runtime=runtime.name,
                        seconds=time.perf_counter() - start)
 
 
 def _bisect(groups: list[str], check: Callable[[list[str]], tuple[str, str] | None],
             ) -> dict[str, tuple[str, str]]:
-    """The groups whose check fails: all together first, halves only on failure."""
+    """The groups whose check fails: all together first, halves only on failure, so a
+    group that fails is found pruned alone."""
     if not groups:
         return {}
     failure = check(groups)
@@ -167,33 +145,71 @@ def _bisect(groups: list[str], check: Callable[[list[str]], tuple[str, str] | No
     return {**_bisect(groups[:half], check), **_bisect(groups[half:], check)}
 
 
-def _deploy_check(model: nn.Module, table: LayerTable, ratios: Mapping[str, float],
-                  removed: Mapping[str, list[int]], reference: _MaskedReference,
-                  runtime: Runtime, x: torch.Tensor, round_to: int,
-                  order: Mapping[str, Sequence[int]] | None,
-                  threads: int) -> tuple[str, str] | None:
-    """Prune ``ratios`` together, export, run on ``runtime``: (step, why) if it fails."""
-    try:
-        pruned = prune_structure(model, table, Policy(prune=dict(ratios)), round_to=round_to,
-                                 keep_order=order).eval()
-    except Exception as err:
-        return "prune", _detail(err)
-    with tempfile.TemporaryDirectory(prefix="slimtune-probe-") as tmp:
+class _Checks:
+    """The probe's two checks of a set of groups pruned together at their largest ratios:
+    in torch against the masked reference, then exported and run on the runtime. Each
+    returns None, or the step that failed and why."""
+
+    def __init__(self, model: nn.Module, table: LayerTable, largest: Mapping[str, float],
+                 runtime: Runtime, round_to: int, threads: int) -> None:
+        self.model, self.table, self.largest = model, table, largest
+        self.runtime, self.round_to, self.threads = runtime, round_to, threads
+        x = torch.randn(BATCH, *table.input_shape, generator=torch.Generator().manual_seed(0))
+        self.x = x.to(example_input(model, table.input_shape).device)
+        self.order = grouped_conv_order(model, table) if largest else None
+        self.reference = _MaskedReference(model, table, self.x)
+        self.removed: dict[str, list[int]] = {}
+        self.unplanned: dict[str, GroupFailure] = {}  # no channels to remove could be chosen
+        for group, ratio in largest.items():
+            try:
+                self.removed[group] = removed_channels(
+                    model, table, Policy(prune={group: ratio}), round_to=round_to,
+                    keep_order=self.order, graph=self.reference.dg)[group]
+            except Exception as err:  # any error of torch-pruning or the model: reported
+                self.unplanned[group] = GroupFailure(group, ratio, "prune", _detail(err))
+        self._pruned: dict[tuple[str, ...], nn.Module] = {}
+
+    def _prune(self, groups: list[str]) -> nn.Module:
+        key = tuple(groups)
+        if key not in self._pruned:
+            policy = Policy(prune={g: self.largest[g] for g in groups})
+            self._pruned = {key: prune_structure(self.model, self.table, policy,
+                                                 round_to=self.round_to,
+                                                 keep_order=self.order).eval()}
+        return self._pruned[key]
+
+    def in_torch(self, groups: list[str]) -> tuple[str, str] | None:
         try:
-            path = export_onnx(pruned, table.input_shape, Path(tmp) / "probe.onnx")
+            with torch.no_grad():
+                out = self._prune(groups)(self.x)
         except Exception as err:
-            return "export", _detail(err)
-        subject: Path | nn.Module = path if runtime.takes_onnx else pruned
-        batch = x.detach().cpu().numpy().astype(np.float32)
+            return "prune", _detail(err)
+        gap = _gap(out, self.reference.outputs({g: self.removed[g] for g in groups}))
+        return None if gap is None else ("masked reference", gap)
+
+    def deployed(self, groups: list[str]) -> tuple[str, str] | None:
         try:
-            out = runtime.outputs(subject, batch, threads)
-            if out is None:  # a runtime that only times: it must at least run it
-                runtime.prepare(subject, table.input_shape, len(batch), threads)()
-                return None
+            pruned = self._prune(groups)
         except Exception as err:
-            return runtime.name, _detail(err)
-    gap = _gap(torch.from_numpy(np.asarray(out)), reference.outputs(removed))
-    return None if gap is None else (runtime.name, gap)
+            return "prune", _detail(err)
+        runtime, shape = self.runtime, self.table.input_shape
+        with tempfile.TemporaryDirectory(prefix="slimtune-probe-") as tmp:
+            try:
+                path = export_onnx(pruned, shape, Path(tmp) / "probe.onnx")
+            except Exception as err:
+                return "export", _detail(err)
+            subject: Path | nn.Module = path if runtime.takes_onnx else pruned
+            batch = self.x.detach().cpu().numpy().astype(np.float32)
+            try:
+                out = runtime.outputs(subject, batch, self.threads)
+                if out is None:  # a runtime that only times: it must at least run it
+                    runtime.prepare(subject, shape, len(batch), self.threads)()
+                    return None
+            except Exception as err:
+                return runtime.name, _detail(err)
+        gap = _gap(torch.from_numpy(np.asarray(out)),
+                   self.reference.outputs({g: self.removed[g] for g in groups}))
+        return None if gap is None else (runtime.name, gap)
 
 
 def _gap(out: object, ref: torch.Tensor) -> str | None:
