@@ -25,6 +25,7 @@ from slimtune.layers import LayerTable
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
+from slimtune.probe import probed_space
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
 from slimtune.resume import (
@@ -75,6 +76,10 @@ def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
 def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepared:
     """Every check before compute. Raises UserInputError with a one-line message.
 
+    The space is probed (:mod:`slimtune.probe`): every channel group it offers is pruned
+    at its largest ratio, exported and run on the target's runtime, and one that fails
+    leaves the space with one line.
+
     The budget check measures two architectures on the target with untrained weights
     (latency does not depend on the weight values): the baseline, and the smallest
     model the space allows at each bit-width.
@@ -82,7 +87,7 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space = SearchSpace.for_spec(spec.space, table, model)
+    space = probed_space(spec, model, table, _say)
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]
