@@ -91,15 +91,15 @@ class SplitUnit(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    """Stem (16, stride 2), a stage (down 32, split, chunk), a 1x1 conv (64), head."""
+    """Stem (24), a stage (down 96, split, chunk), a 1x1 conv (128), head."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
-        self.stem = _cbr(in_channels, 16, 3, 2)
-        self.stage = nn.Sequential(DownUnit(16, 32), SplitUnit(32, use_chunk=False),
-                                   SplitUnit(32, use_chunk=True))
-        self.last = _cbr(32, 64, 1)
-        self.fc = nn.Linear(64, num_classes)
+        self.stem = _cbr(in_channels, 24, 3)
+        self.stage = nn.Sequential(DownUnit(24, 96), SplitUnit(96, use_chunk=False),
+                                   SplitUnit(96, use_chunk=True))
+        self.last = _cbr(96, 128, 1)
+        self.fc = nn.Linear(128, num_classes)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
