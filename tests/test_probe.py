@@ -152,6 +152,26 @@ def test_carried_policy_never_chooses_a_removed_group(tmp_path) -> None:
     assert any("prune.flip" in line and "not in this job's space" in line for line in lines)
 
 
+def test_agent_steps_never_choose_what_the_space_leaves_out(tmp_path) -> None:
+    """The AMC env (what agents act in) offers a removed group ratio 0 only and an
+    excluded layer 32 bits only, whatever the agent proposes."""
+    from dataclasses import replace
+
+    from slimtune.envs.episode import Choice, PolicyBuilder
+    from tests.envs_helpers import make_problem
+
+    problem = make_problem(tmp_path, budget_fraction=10.0)
+    removed = problem.table.groups[0].name
+    excluded = problem.table.layers[-1].name
+    space = problem.space.without(groups={removed: "probe"}, layers={excluded: "exclude"})
+    builder = PolicyBuilder(replace(problem, space=space))
+    while not builder.done:
+        builder.decide(Choice(0.75, 8))
+    policy = builder.policy()
+    assert removed not in policy.prune and policy.prune
+    assert excluded not in policy.bits and policy.bits
+
+
 @pytest.fixture(scope="module")
 def resnext() -> tuple[nn.Module, SearchSpace]:
     torch.manual_seed(0)
