@@ -321,18 +321,12 @@ class _KeptLayerNorm:
 def probed_space(spec: JobSpec, model: nn.Module, table: LayerTable,
                  say: Callable[[str], None]) -> SearchSpace:
     """The job's space (``SearchSpace.for_spec``, ``space.exclude`` applied) without the
-    groups the probe saw fail; each line of the probe's report goes to ``say``. Run on the
-    target's runtime, or for a remote target on the local runtime reading the same file.
+    groups the probe (:func:`job_probe`) saw fail; each line of its report goes to ``say``.
     UserInputError (one line) when nothing is left to search."""
-    from slimtune.runtimes import get_runtime
     from slimtune.spaces import SearchSpace
 
     space = SearchSpace.for_spec(spec.space, table, model)
-    runtime = spec.target.backend
-    if not spec.target.is_local:
-        runtime = get_runtime("onnxruntime" if runtime.takes_onnx else "torch")
-    report = probe_groups(model, table, space.ratios, runtime,
-                          round_to=spec.space.round_to, threads=spec.target.threads)
+    report = job_probe(spec, model, space)
     for line in report.lines():
         say(line)
     space = space.without(groups=report.removed)
@@ -341,3 +335,15 @@ def probed_space(spec: JobSpec, model: nn.Module, table: LayerTable,
                              "channel group can be pruned and every layer has one bit-width): "
                              "list more space.bits, or exclude less")
     return space
+
+
+def job_probe(spec: JobSpec, model: nn.Module, space: SearchSpace) -> ProbeReport:
+    """:func:`probe_groups` of ``space`` as a job runs it: on the target's runtime (for a
+    remote target, the local runtime reading the same kind of model), its threads."""
+    from slimtune.runtimes import get_runtime
+
+    runtime = spec.target.backend
+    if not spec.target.is_local:
+        runtime = get_runtime("onnxruntime" if runtime.takes_onnx else "torch")
+    return probe_groups(model, space.table, space.ratios, runtime,
+                        round_to=spec.space.round_to, threads=spec.target.threads)
