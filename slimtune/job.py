@@ -87,7 +87,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space = probed_space(spec, model, table, _say)
+    space, probe = probed_space(spec, model, table, _say)
+    _say(probe.summary())
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]

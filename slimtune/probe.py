@@ -88,15 +88,16 @@ class ProbeReport:
         return {f.group: f.describe() for f in self.failed}
 
     def lines(self) -> list[str]:
-        """One line per group left out, then a summary."""
+        """One line per group left out (none when every group works)."""
         lines = [f"channel pruning leaves out layers {u.describe()}; their bit-widths are "
                  "still searched" for u in self.untraced]
-        lines += [f.describe() for f in self.failed]
+        return lines + [f.describe() for f in self.failed]
+
+    def summary(self) -> str:
         ok = len(self.probed) - len(self.failed)
-        lines.append(f"probe: {ok} of {len(self.probed)} channel groups pruned at their "
-                     f"largest ratio, exported and run on {self.runtime} match the masked "
-                     f"reference ({self.seconds:.1f} s)")
-        return lines
+        return (f"probe: {ok} of {len(self.probed)} channel groups pruned at their largest "
+                f"ratio, exported and run on {self.runtime} match the masked reference "
+                f"({self.seconds:.1f} s)")
 
 
 def probe_groups(model: nn.Module, table: LayerTable, ratios: Mapping[str, Sequence[float]],
@@ -319,10 +320,10 @@ class _KeptLayerNorm:
 
 
 def probed_space(spec: JobSpec, model: nn.Module, table: LayerTable,
-                 say: Callable[[str], None]) -> SearchSpace:
+                 say: Callable[[str], None]) -> tuple[SearchSpace, ProbeReport]:
     """The job's space (``SearchSpace.for_spec``, ``space.exclude`` applied) without the
-    groups the probe (:func:`job_probe`) saw fail; each line of its report goes to ``say``.
-    UserInputError (one line) when nothing is left to search."""
+    groups the probe (:func:`job_probe`) saw fail, and the probe's report; each group left
+    out is one line to ``say``. UserInputError (one line) when nothing is left to search."""
     from slimtune.spaces import SearchSpace
 
     space = SearchSpace.for_spec(spec.space, table, model)
@@ -334,7 +335,7 @@ def probed_space(spec: JobSpec, model: nn.Module, table: LayerTable,
         raise UserInputError(f"model {spec.model.describe()}: nothing left to search (no "
                              "channel group can be pruned and every layer has one bit-width): "
                              "list more space.bits, or exclude less")
-    return space
+    return space, report
 
 
 def job_probe(spec: JobSpec, model: nn.Module, space: SearchSpace) -> ProbeReport:

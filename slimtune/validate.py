@@ -84,13 +84,13 @@ def validate_job(spec: JobSpec) -> str:
     """``slimtune validate``: check the inputs and summarise the job in one line."""
     checked = check_inputs(spec)
     data, table = checked.data, checked.table
-    space = probed_space(spec, checked.model, table, _say)
+    space, probe = probed_space(spec, checked.model, table, _say)
     searched = sum(len(rs) > 1 for rs in space.ratios.values())
     budget = (f"{spec.budget.latency_ms} ms" if spec.budget.latency_ms is not None
               else f"{spec.budget.latency_fraction:g} x baseline latency")
     return (f"ok: {spec.name}: {spec.model.describe()} ({table.params / 1e3:.1f}k params, "
             f"{table.macs / 1e6:.2f}M MACs, {searched} of {len(table.groups)} channel groups "
-            f"searched, "
+            f"searched, probed in {probe.seconds:.1f} s, "
             f"{len(table.layers)} layers) on {spec.data.describe()} ({len(data.train)}/"
             f"{len(data.val)}/{len(data.test)} train/val/test, {data.num_classes} classes, "
             f"input {'x'.join(map(str, data.input_shape))}), budget {budget} on "

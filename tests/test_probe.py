@@ -65,10 +65,9 @@ def test_probe_removes_a_broken_group_with_one_line() -> None:
     assert [f.group for f in report.failed] == ["flip"]
     assert report.failed[0].step == "masked reference"
     lines = report.lines()
-    flip_lines = [line for line in lines if "'flip'" in line]
-    assert len(flip_lines) == 1 and "left out of the space" in flip_lines[0]
-    assert all("\n" not in line for line in lines)
-    assert "2 of 3 channel groups" in lines[-1]
+    assert len(lines) == 1 and "'flip'" in lines[0] and "left out of the space" in lines[0]
+    assert "\n" not in lines[0]
+    assert "2 of 3 channel groups" in report.summary()
     pruned = space.without(groups=report.removed)
     assert pruned.ratios["flip"] == (0.0,) and len(pruned.ratios["stem"]) > 1
     assert "prune.flip" in pruned.left_out
@@ -242,9 +241,8 @@ def test_validate_probes_the_groups(tmp_path, capsys) -> None:
     job = write_job(tmp_path, space={"exclude": ["fc"]})
     assert main(["validate", str(job)]) == 0
     captured = capsys.readouterr()
-    probe = [line for line in captured.err.splitlines() if "probe:" in line]
-    assert len(probe) == 1 and "exported and run on onnxruntime" in probe[0]
-    assert "channel groups searched" in captured.out
+    assert "channel groups searched, probed in" in captured.out
+    assert not captured.err  # every group works: nothing to say
 
 
 @pytest.mark.slow
