@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,7 @@ class ProbeReport:
     untraced: tuple[UntracedGroup, ...]
     runtime: str
     seconds: float
+    cached: bool = False  # the answer of an earlier probe of this architecture (this process)
 
     @property
     def removed(self) -> dict[str, str]:
@@ -97,7 +98,7 @@ class ProbeReport:
         ok = len(self.probed) - len(self.failed)
         return (f"probe: {ok} of {len(self.probed)} channel groups pruned at their largest "
                 f"ratio, exported and run on {self.runtime} match the masked reference "
-                f"({self.seconds:.1f} s)")
+                f"({'as probed earlier' if self.cached else f'{self.seconds:.1f} s'})")
 
 
 def probe_groups(model: nn.Module, table: LayerTable, ratios: Mapping[str, Sequence[float]],
@@ -106,8 +107,9 @@ def probe_groups(model: nn.Module, table: LayerTable, ratios: Mapping[str, Seque
     largest = {g: max(rs) for g, rs in ratios.items() if max(rs) > 0}
     key = (table.signature(), tuple((n, type(m).__name__) for n, m in model.named_modules()),
            tuple(sorted(largest.items())), round_to, runtime.name)
-    if key not in _PROBED:
-        _PROBED[key] = _probe(model, table, largest, runtime, round_to, threads)
+    if key in _PROBED:
+        return replace(_PROBED[key], cached=True)
+    _PROBED[key] = _probe(model, table, largest, runtime, round_to, threads)
     return _PROBED[key]
 
 

@@ -68,6 +68,8 @@ def test_probe_removes_a_broken_group_with_one_line() -> None:
     assert len(lines) == 1 and "'flip'" in lines[0] and "left out of the space" in lines[0]
     assert "\n" not in lines[0]
     assert "2 of 3 channel groups" in report.summary()
+    again = probe_groups(model, space.table, space.ratios, ORT, round_to=4)  # kept per
+    assert again.cached and again.failed == report.failed  # architecture in the process
     pruned = space.without(groups=report.removed)
     assert pruned.ratios["flip"] == (0.0,) and len(pruned.ratios["stem"]) > 1
     assert "prune.flip" in pruned.left_out
