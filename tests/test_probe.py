@@ -250,13 +250,15 @@ def test_validate_probes_the_groups(tmp_path, capsys) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnext_g8", "shufflenet_v2"])
 def test_run_uniform_on_unseen_models(tmp_path, capsys, arch) -> None:
-    """The issue's jobs: ``slimtune run``, uniform, 2 trials, on the unseen models."""
+    """The issue's jobs: ``slimtune run``, uniform, 2 trials, on the unseen models. The
+    budget is loose: ShuffleNetV2's pruned model measured 0.80x of its baseline once, and
+    a loaded machine's noise put it over a 0.9x budget in another run."""
     from slimtune.outputs import read_trials
 
     job = write_job(tmp_path, model={"import": f"slimtune.models.unseen:{arch}"},
                     data={"dataset": "synthetic", "train_size": 256, "val_size": 128,
                           "test_size": 128},
-                    budget={"latency_fraction": 0.9}, target={"batch_size": 16},
+                    budget={"latency_fraction": 0.97}, target={"batch_size": 16},
                     search={"searcher": "uniform", "trials": 2, "evaluator": "finetune"},
                     space={"prune_ratios": [0.0, 0.25, 0.5, 0.75], "bits": [32, 8],
                            "round_to": 4})
