@@ -149,14 +149,26 @@ def warm_start_policy(path: Path, space: SearchSpace,
         agent = CompressionAgent.load(path)
         env = CompressionEnv(problem=problem_factory())
         policy, attempts = propose_measured(agent, env)
+        policy, _ = space.restrict(policy)  # the env offers no more than the space
         return policy, [f"agent {path.name} run on this model: " + ", ".join(
-            f"{a.measured_ms:.3f} ms measured" for a in attempts)]
+            f"{a.measured_ms:.3f} ms measured" for a in attempts), *left_out_note(space)]
     policy, source = read_policy_file(path, space.table)
     dropped = dropped_dimensions(policy, space)
     note = [f"  not carried: {', '.join(dropped)} (this job's space has no such dimension; "
             "add it under space: to keep it)"] if dropped else []
     if source is space.table:
-        return policy, [f"policy {path.name} (made for this model)", *note]
+        policy, changed = space.restrict(policy)
+        return policy, [f"policy {path.name} (made for this model)", *note,
+                        *left_out_note(space, changed)]
     carried, matches = carry_policy(policy, source, space)
     return carried, [f"policy {path.name} carried from model {source.signature()}:",
-                     *(f"  {m.describe()}" for m in matches), *note]
+                     *(f"  {m.describe()}" for m in matches), *note, *left_out_note(space)]
+
+
+def left_out_note(space: SearchSpace, changed: list[str] | None = None) -> list[str]:
+    """One line naming what ``space`` leaves out (or, given ``changed``, what of a policy
+    was set back for it): those groups get ratio 0, those layers stay as they are."""
+    names = sorted(space.left_out) if changed is None else changed
+    if not names:
+        return []
+    return [f"  left as they are (ratio 0, fp32), not in this job's space: {', '.join(names)}"]

@@ -32,8 +32,8 @@ from slimtune.lowrank import layer_modules
 from slimtune.policy import FLOAT_BITS, Policy
 
 __all__ = ["INT8_BITS", "PolicyError", "check_names", "count_macs_params", "fake_quantize",
-           "fake_quantized_layers", "group_kept", "kept_channels", "packed_size_bytes",
-           "remove_channels", "removed_channels", "runs_int8"]
+           "fake_quantized_layers", "group_kept", "grouped_conv_order", "kept_channels",
+           "packed_size_bytes", "remove_channels", "removed_channels", "runs_int8"]
 
 
 def check_names(table: LayerTable, policy: Policy) -> None:
@@ -128,8 +128,10 @@ def _plan(dg: tp.DependencyGraph, layers: dict[str, nn.Module], table: LayerTabl
 
 
 def group_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
-    """Channels ``group`` keeps at ``ratio``; whole heads for an attention group."""
-    unit = math.lcm(max(round_to, 1), group.head_dim)
+    """Channels ``group`` keeps at ``ratio``; whole heads for an attention group, and a
+    multiple of the conv groups for channels a grouped conv splits (each conv group then
+    keeps the same positions, what torch-pruning's grouped conv pruning assumes)."""
+    unit = math.lcm(max(round_to, 1), group.head_dim, group.conv_groups)
     return kept_channels(group.channels, ratio, min_channels=group.min_channels, round_to=unit)
 
 
@@ -167,27 +169,35 @@ def _example(model: nn.Module, table: LayerTable, given: torch.Tensor | None) ->
 def removed_channels(model: nn.Module, table: LayerTable, policy: Policy, *, round_to: int = 1,
                      example_input: torch.Tensor | None = None,
                      keep_order: Mapping[str, Sequence[int]] | None = None,
-                     ) -> dict[str, list[int]]:
+                     graph: tp.DependencyGraph | None = None) -> dict[str, list[int]]:
     """Which output channels of each group's root layer ``apply_policy`` removes.
 
     Indices are the same for every layer of a group (residual adds and depthwise convs
     share channel positions). Groups with nothing removed are left out. ``keep_order``:
-    as in :func:`prune_structure`.
+    as in :func:`prune_structure`; ``graph``: ``model``'s dependency graph, if built already.
     """
     check_names(table, policy)
-    with eval_mode(model):
-        dg = dependency_graph(model, _example(model, table, example_input))
+    dg = graph
+    if dg is None:
+        with eval_mode(model):
+            dg = dependency_graph(model, _example(model, table, example_input))
     keep_order = keep_order or _grouped_conv_order(model, table, policy)
     return _plan(dg, _layers(model, table), table, policy, round_to, keep_order)
 
 
 def _grouped_conv_order(model: nn.Module, table: LayerTable,
                         policy: Policy) -> Mapping[str, Sequence[int]] | None:
+    return grouped_conv_order(model, table) if policy.prune else None
+
+
+def grouped_conv_order(model: nn.Module,
+                       table: LayerTable) -> Mapping[str, Sequence[int]] | None:
     """For a model with grouped (not depthwise) convs, the symmetric ranking of
-    :func:`slimtune.channel_order.channel_order`: torch-pruning slices a grouped
-    conv's input channels assuming every conv group loses the same positions, which
-    plain L2 order does not guarantee (ResNeXt pruned at random weights broke)."""
-    if not policy.prune or not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
+    :func:`slimtune.channel_order.channel_order` (None for other models): torch-pruning
+    slices a grouped conv's input channels assuming every conv group loses the same
+    positions, which plain L2 order does not guarantee (ResNeXt pruned at random weights
+    broke). Pass it as ``keep_order`` to prune many policies without ranking again."""
+    if not any(li.kind == "conv" and li.groups > 1 for li in table.layers):
         return None
     return channel_order(model, table)
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from slimtune.blocks import drop_blocks, is_dropped
 from slimtune.compress import group_kept, remove_channels
+from slimtune.errors import PolicyError
 from slimtune.layers import LayerTable, eval_mode, example_input
 from slimtune.policy import Policy, under
 
@@ -61,7 +62,10 @@ def _droppable(model: nn.Module, table: LayerTable) -> tuple[str, ...]:
             break
         if group.channels - group_kept(group, 0.5) == 0:
             continue
-        pruned = remove_channels(model, table, Policy(prune={group.name: 0.5}))
+        try:
+            pruned = remove_channels(model, table, Policy(prune={group.name: 0.5}))
+        except PolicyError:  # a group preflight's probe leaves out: never pruned
+            continue
         keep &= set(_shape_preserving(pruned, table, sorted(keep)))
     return tuple(n for n in names if n in keep)
 

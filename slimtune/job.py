@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from slimtune.objective import Objective, evaluate_split
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
-from slimtune.preflight import budget_ms, preflight, uses_scoring
+from slimtune.preflight import budget_ms, preflight, print_line, uses_scoring
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
 from slimtune.resume import (
@@ -355,5 +354,4 @@ def _flat_params(spec: JobSpec) -> dict[str, str]:
     return flat
 
 
-def _say(message: str) -> None:
-    print(f"slimtune: {message}", file=sys.stderr, flush=True)
+_say = print_line  # what the job says on stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from slimtune.tracing import TracedGraph
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -60,6 +63,10 @@ class ChannelGroup:
     # are; the group is pruned in whole heads of ``head_dim`` channels. "" / 1: plain channels
     attention: str = ""
     head_dim: int = 1
+    # grouped (not depthwise) convs these channels feed or leave: they are pruned in whole
+    # positions of every conv group, so kept channels are a multiple of this (lcm of their
+    # ``groups``; 1: no grouped conv)
+    conv_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,11 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
     return torch.randn(1, *input_shape, device=device)
 
 
-def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph (tracing needs autograd, so grad is forced on)."""
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> TracedGraph:
+    """torch-pruning's dependency graph (tracing needs autograd, so grad is forced on);
+    a reshape it cannot map is recorded, not raised (:class:`slimtune.tracing.TracedGraph`)."""
     with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                     verbose=False)
+        return TracedGraph().build_dependency(model, example_inputs=example, verbose=False)
 
 
 def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -187,30 +194,83 @@ def _layer_kind(module: nn.Module) -> str:
     return "conv"
 
 
-def _channel_groups(dg: tp.DependencyGraph, records: Mapping[nn.Module, _Record],
-                    output_layers: set[nn.Module]) -> list[list[nn.Module]]:
+@dataclass(frozen=True)
+class UntracedGroup:
+    """Channels torch-pruning couples but cannot follow: they stay unpruned."""
+
+    layers: tuple[str, ...]  # the conv/linear layers whose output channels they are
+    reason: str
+
+    def describe(self) -> str:
+        return f"{', '.join(self.layers)}: {self.reason}"
+
+
+@dataclass
+class _Traced:
+    """The coupled channel groups of a graph: prunable ones, and those left out."""
+
+    groups: list[tuple[list[nn.Module], int]]  # layers in execution order, conv groups
+    untraced: list[tuple[list[nn.Module], str]]
+
+
+def _channel_groups(dg: TracedGraph, records: Mapping[nn.Module, _Record],
+                    output_layers: set[nn.Module]) -> _Traced:
     """The prunable groups, each as its conv/linear layers in execution order.
 
     A group is left out when it reaches the model output, directly (the classifier) or
-    through shape-keeping ops (a conv followed by global pooling as the last op), and
-    when torch-pruning cannot map its channel indices through the ops after it (a
-    ShuffleNet channel shuffle after a split and concat): its layers keep their channels.
+    through shape-keeping ops (a conv followed by global pooling as the last op), and,
+    listed in ``untraced``, when torch-pruning cannot map its channel indices through the
+    ops after it (a ShuffleNet channel shuffle after a split and concat): its layers keep
+    their channels.
     """
-    found = []
+    traced = _Traced([], [])
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     for group in dg.get_all_groups(ignored_layers=list(output_layers),
                                    root_module_types=list(LAYER_TYPES)):
         if any(isinstance(dep.target.module, tp.ops._OutputOp) for dep, _ in group):
             continue
+        members = sorted({dep.target.module for dep, _ in group
+                          if dg.is_out_channel_pruning_fn(dep.handler)
+                          and dep.target.module in records}, key=lambda m: records[m].index)
+        if not members:
+            continue
+        if dg.touches_unmapped(group):
+            err = next(iter(dg.unmapped.values()))
+            traced.untraced.append((members, "its channels pass through a reshape torch-pruning "
+                                    f"cannot map ({type(err).__name__} in its index mapping)"))
+            continue
         try:
             importance(group)
-        except IndexError:
+        except IndexError as err:
+            traced.untraced.append((members, "torch-pruning cannot map its channel indices "
+                                    f"through the ops after it (IndexError: {err})"))
             continue
-        members = {dep.target.module for dep, _ in group
-                   if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in records}
-        if members:
-            found.append(sorted(members, key=lambda m: records[m].index))
-    return sorted(found, key=lambda ms: records[ms[0]].index)
+        traced.groups.append((members, _conv_groups(group)))
+    traced.groups.sort(key=lambda g: records[g[0][0]].index)
+    return traced
+
+
+def _conv_groups(group: tp.Group) -> int:
+    """The lcm of the ``groups`` of the grouped (not depthwise) convs a group touches."""
+    found = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and \
+                not m.groups == m.in_channels == m.out_channels:
+            found = math.lcm(found, m.groups)
+    return found
+
+
+def untraced_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[UntracedGroup]:
+    """The channel groups :func:`build_layer_table` leaves out because torch-pruning cannot
+    follow them (their layers still get bit-widths), each with why."""
+    example = example_input(model, tuple(int(s) for s in input_shape))
+    names = {m: n for n, m in model.named_modules()}
+    with eval_mode(model):
+        records, output_layers = _trace_layers(model, example)
+        traced = _channel_groups(dependency_graph(model, example), records, output_layers)
+    return [UntracedGroup(tuple(names[m] for m in members), reason)
+            for members, reason in traced.untraced]
 
 
 def _attention_of(model: nn.Module, members: list[str], channels: int) -> tuple[str, int]:
@@ -243,19 +303,23 @@ def build_layer_table(model: nn.Module, input_shape: tuple[int, ...], *,
     names = {m: n for n, m in model.named_modules()}
     with eval_mode(model):
         records, output_layers = _trace_layers(model, example)
-        member_lists = _channel_groups(dependency_graph(model, example), records, output_layers)
+        traced = _channel_groups(dependency_graph(model, example), records, output_layers)
     macs, params = count_macs_params(model, input_shape)
 
     groups = []
     owner: dict[nn.Module, str] = {}
-    for members in member_lists:
+    for members, conv_groups in traced.groups:
         root = members[0]
         channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
         attention, head_dim = _attention_of(model, [names[m] for m in members], channels)
+        least = max(round_to, head_dim)
+        if conv_groups > 1:
+            least = math.lcm(least, conv_groups)
         groups.append(ChannelGroup(name=names[root], channels=channels,
                                    layers=tuple(names[m] for m in members),
-                                   min_channels=min(max(round_to, head_dim), channels),
-                                   attention=attention, head_dim=head_dim))
+                                   min_channels=min(least, channels),
+                                   attention=attention, head_dim=head_dim,
+                                   conv_groups=conv_groups))
         owner.update((m, names[root]) for m in members)
 
     ordered = sorted(records, key=lambda m: records[m].index)

@@ -268,9 +268,7 @@ class LatencyPredictor:
         ``calibration_policies`` random policies of the job's space (seeded).
         """
         say = progress or (lambda _msg: None)
-        space = SearchSpace.for_spec(
-            spec.space.model_copy(update=_PLAIN),
-            table, model)
+        space = _probed(spec, model, table)
         cmap = ChannelMap.probe(model, table, round_to=spec.space.round_to)
         lut = LayerLUT.for_spec(spec, lut_protocol)
         predictor = cls(spec, table, cmap, _padding(model, table), lut, [])
@@ -294,6 +292,15 @@ class LatencyPredictor:
         return predictor
 
 
+def _probed(spec: JobSpec, model: nn.Module, table: LayerTable) -> SearchSpace:
+    """The job's channel and bit choices without the groups preflight's probe leaves out
+    (the probe's answer is kept per architecture in a process: free after preflight)."""
+    from slimtune.probe import job_probe
+
+    space = SearchSpace.for_spec(spec.space.model_copy(update=_PLAIN), table, model)
+    return space.without(groups=job_probe(spec, model, space).removed)
+
+
 def build_predictor(spec: JobSpec, model: nn.Module, table: LayerTable,
                     **kwargs: Any) -> LatencyPredictor:
     """The predictor for ``model`` (unpruned) on ``spec``'s target; cached on disk.
@@ -308,9 +315,7 @@ def predictor_report(predictor: LatencyPredictor, model: nn.Module, n: int, *, s
                      protocol: MeasureProtocol = MODEL_PROTOCOL) -> PredictorReport:
     """Measure ``n`` random policies (not the calibration ones) and compare with predictions."""
     spec, table = predictor.spec, predictor.table
-    space = SearchSpace.for_spec(
-        spec.space.model_copy(update=_PLAIN),
-        table, model)
+    space = _probed(spec, model, table)
     seen = {p.key() for p, _ in predictor.calibration}
     policies = [p for p in random_policies(space, n * 2, seed=seed + 7919)
                 if p.key() not in seen][:n]

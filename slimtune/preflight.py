@@ -7,6 +7,8 @@ allows, timed interleaved on the target. One-line errors (exit 2), nothing writt
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +17,18 @@ from slimtune.errors import BudgetError
 from slimtune.latency import LatencyStats, MeasureProtocol
 from slimtune.layers import LayerTable
 from slimtune.policy import Policy
+from slimtune.probe import probed_space
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
 from slimtune.trial import TrialContext
 from slimtune.validate import check_inputs
 
 __all__ = ["Prepared", "budget_ms", "preflight", "uses_scoring"]
+
+
+def print_line(message: str) -> None:
+    """What a job says on stderr: ``slimtune: message``."""
+    print(f"slimtune: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,13 @@ def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
     return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
 
 
-def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepared:
+def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
+              say: Callable[[str], None] = print_line) -> Prepared:
     """Every check before compute. Raises UserInputError with a one-line message.
+
+    The space is probed (:mod:`slimtune.probe`): every channel group it offers is pruned
+    at its largest ratio, exported and run on the target's runtime, and one that fails
+    leaves the space with one line (``say``).
 
     The budget check measures two architectures on the target with untrained weights
     (latency does not depend on the weight values): the baseline, and the smallest
@@ -57,7 +70,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None) -> Prepare
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space = SearchSpace.for_spec(spec.space, table, model)
+    space, probe = probed_space(spec, model, table, say)
+    say(probe.summary())
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimtune.compress import group_kept
+from slimtune.compress import PolicyError, group_kept
 from slimtune.layers import LayerTable
 from slimtune.methods.apply import prune_structure
 from slimtune.policy import Policy
@@ -41,7 +41,8 @@ class ChannelMap:
 
     @classmethod
     def probe(cls, model: nn.Module, table: LayerTable, *, round_to: int = 1) -> ChannelMap:
-        """Prune each group alone by about half and record how every layer shrank."""
+        """Prune each group alone by about half and record how every layer shrank (a group
+        that cannot be pruned gets no entry: the probe leaves it out of every space)."""
         base = {li.name: (li.in_channels, li.out_channels) for li in table.layers}
         in_loss: dict[str, dict[str, float]] = {li.name: {} for li in table.layers}
         out_loss: dict[str, dict[str, float]] = {li.name: {} for li in table.layers}
@@ -49,7 +50,10 @@ class ChannelMap:
             removed = group.channels - group_kept(group, 0.5)  # what prune_structure removes
             if removed == 0:
                 continue
-            pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))
+            try:
+                pruned = prune_structure(model, table, Policy(prune={group.name: 0.5}))
+            except PolicyError:  # a group preflight's probe leaves out: never pruned
+                continue
             modules = dict(pruned.named_modules())
             for name, (c_in, c_out) in base.items():
                 m = modules[name]

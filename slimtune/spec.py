@@ -251,6 +251,16 @@ class SpaceSpec(_Strict):
     # elastic depth (slimtune.depth): each droppable residual block a skip.<block>
     # dimension; off keeps the depth fixed
     skip_blocks: bool = False
+    # layer names or fnmatch globs left as they are: no prune, bits, sparsity, clusters or
+    # rank choice (checked against the model in preflight: a pattern must match a layer)
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in v):
+            raise ValueError("exclude must be a list of layer names or globs, none empty")
+        return tuple(dict.fromkeys(v))
 
     @field_validator("rank")
     @classmethod

@@ -1,4 +1,6 @@
-"""The checks before compute: spec, tracking store, dataset, model, weights, one forward."""
+"""The checks before compute: spec, tracking store, dataset, model, weights, one forward;
+``slimtune validate`` also probes every channel group of the space (:mod:`slimtune.probe`:
+each pruned at its largest ratio, run forward, exported to ONNX and run on the target)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from slimtune.imports import one_line
 from slimtune.layers import LayerTable, build_layer_table
 from slimtune.models import ModelError, load_weights, output_note
 from slimtune.objective import Objective
+from slimtune.probe import probed_space
 from slimtune.spec import JobSpec
 from slimtune.tracking import check_tracking_uri
 from slimtune.userdata import load_data
@@ -54,7 +57,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         f"task custom: the behaviour metrics ({', '.join(spec.evaluate)}) need class logits; "
         "skipped")
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
-    if not table.groups:
+    if not table.groups and len(spec.space.bits) < 2:  # bit-widths alone may be searched
         raise UserInputError(f"model {spec.model.describe()}: no prunable layer found")
     if spec.finetune.hint_layers:
         from slimtune.hints import hint_layer_names
@@ -100,15 +103,22 @@ def validate_job(spec: JobSpec) -> str:
     """``slimtune validate``: check the inputs and summarise the job in one line."""
     checked = check_inputs(spec)
     data, table = checked.data, checked.table
+    space, probe = probed_space(spec, checked.model, table, _say)
+    searched = sum(len(rs) > 1 for rs in space.ratios.values())
     budget = (f"{spec.budget.latency_ms} ms" if spec.budget.latency_ms is not None
               else f"{spec.budget.latency_fraction:g} x baseline latency")
     return (f"ok: {spec.name}: {spec.model.describe()} ({table.params / 1e3:.1f}k params, "
-            f"{table.macs / 1e6:.2f}M MACs, {len(table.groups)} channel groups, "
+            f"{table.macs / 1e6:.2f}M MACs, {searched} of {len(table.groups)} channel groups "
+            f"searched, probed in {probe.seconds:.1f} s, "
             f"{len(table.layers)} layers) on {spec.data.describe()} ({len(data.train)}/"
             f"{len(data.val)}/{len(data.test)} train/val/test, "
             f"{_classes(spec, data)}, "
             f"input {'x'.join(map(str, data.input_shape))}), budget {budget} on "
             f"{spec.target.runtime}, {_search(spec)}")
+
+
+def _say(message: str) -> None:
+    print(f"slimtune: {message}", file=sys.stderr, flush=True)
 
 
 def _search(spec: JobSpec) -> str:

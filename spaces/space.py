@@ -12,21 +12,27 @@ When ``space.rank`` lists fractions, low-rank factorisation adds ``rank.<layer>`
 fraction of the layer's rank kept; 1.0 = not factorised) for the layers where it can
 save MACs. When ``space.skip_blocks`` is on, elastic depth adds ``skip.<block>`` (1 = the
 block is dropped) for each droppable block (:mod:`slimtune.depth`).
+
+What the space leaves out keeps one choice only, "leave it as it is" (ratio 0, 32 bits),
+and is listed in ``left_out`` with why: the layers ``space.exclude`` names (no choice of
+any kind), and the channel groups preflight's probe (:mod:`slimtune.probe`) saw fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from torch import nn
 
 from slimtune.compress import group_kept
 from slimtune.depth import droppable_blocks
+from slimtune.errors import SpecError
 from slimtune.layers import LayerTable
 from slimtune.lowrank import worthwhile_fractions
-from slimtune.policy import Policy, under
+from slimtune.policy import FLOAT_BITS, Policy, under
 from slimtune.spec import SpaceSpec
 
 PRUNE = "prune."
@@ -63,6 +69,9 @@ class SearchSpace:
     recipe: Mapping[str, tuple[float | bool, ...]] = field(default_factory=dict)
     # droppable blocks (``skip.<block>``: 0 keeps it, 1 drops it); empty: depth is fixed
     skip: tuple[str, ...] = ()
+    # dimensions left with the one choice "as it is" (``prune.<group>``: 0, ``bits.<layer>``:
+    # 32) -> why: ``space.exclude`` and the groups preflight's probe saw fail
+    left_out: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_table(
@@ -96,9 +105,67 @@ class SearchSpace:
         are found on ``model`` when ``space.skip_blocks`` is on."""
         blocks = droppable_blocks(model, table) if spec.skip_blocks and model is not None \
             else ()
-        return cls.from_table(table, spec.prune_ratios, spec.bits, round_to=spec.round_to,
-                              sparsity=spec.sparsity, clusters=spec.clusters, rank=spec.rank,
-                              recipe=spec.recipe, blocks=blocks)
+        space = cls.from_table(table, spec.prune_ratios, spec.bits, round_to=spec.round_to,
+                               sparsity=spec.sparsity, clusters=spec.clusters, rank=spec.rank,
+                               recipe=spec.recipe, blocks=blocks)
+        return space.excluding(spec.exclude) if spec.exclude else space
+
+    def excluding(self, patterns: Sequence[str]) -> SearchSpace:
+        """This space with the layers ``patterns`` (names or fnmatch globs) match left as
+        they are: their channel groups not pruned (a group is named after its first
+        layer, so a group's name excludes it), no bits, sparsity, clusters or rank choice.
+        SpecError (one line) for a pattern that matches no layer."""
+        names = [li.name for li in self.table.layers]
+        matched: dict[str, str] = {}
+        for pattern in patterns:
+            hits = [n for n in names if fnmatchcase(n, pattern)]
+            if not hits:
+                raise SpecError(f"space.exclude: {pattern!r} matches no layer or channel "
+                                f"group of the model (its {len(names)} layers run from "
+                                f"{names[0]!r} to {names[-1]!r})")
+            matched.update((n, pattern) for n in hits if n not in matched)
+        groups = {li.group: f"space.exclude {matched[li.name]!r} (layer {li.name})"
+                  for li in self.table.layers if li.name in matched and li.group}
+        return self.without(groups=groups,
+                            layers={n: f"space.exclude {p!r}" for n, p in matched.items()})
+
+    def without(self, *, groups: Mapping[str, str] | None = None,
+                layers: Mapping[str, str] | None = None) -> SearchSpace:
+        """This space with ``groups`` never pruned and ``layers`` left entirely as they are
+        (fp32, no sparsity, clusters, rank, and no droppable block holding them); the
+        mappings say why, kept in ``left_out``."""
+        groups, layers = dict(groups or {}), dict(layers or {})
+        return replace(
+            self,
+            ratios={g: (0.0,) if g in groups else rs for g, rs in self.ratios.items()},
+            bits={n: (FLOAT_BITS,) if n in layers else bs for n, bs in self.bits.items()},
+            sparsity={n: c for n, c in self.sparsity.items() if n not in layers},
+            clusters={n: c for n, c in self.clusters.items() if n not in layers},
+            rank={n: c for n, c in self.rank.items() if n not in layers},
+            skip=tuple(b for b in self.skip if not any(under(n, [b]) for n in layers)),
+            left_out={**self.left_out, **{PRUNE + g: why for g, why in groups.items()},
+                      **{BITS + n: why for n, why in layers.items()}})
+
+    def restrict(self, policy: Policy) -> tuple[Policy, list[str]]:
+        """``policy`` (carried from another model or made before) without what this space
+        leaves out: those groups at ratio 0, those layers as they are; and the names
+        changed, as ``prune.<group>`` / ``bits.<layer>``."""
+        groups = {k.removeprefix(PRUNE) for k in self.left_out if k.startswith(PRUNE)}
+        layers = {k.removeprefix(BITS) for k in self.left_out if k.startswith(BITS)}
+        changed = [PRUNE + g for g in policy.prune if g in groups]
+        changed += [BITS + n for n in policy.bits if n in layers]
+        changed += [f"{kind}.{n}" for kind in ("sparsity", "clusters", "rank")
+                    for n in getattr(policy, kind) if n in layers]
+        if not changed:
+            return policy, []
+        return replace(
+            policy, prune={g: r for g, r in policy.prune.items() if g not in groups},
+            bits={n: b for n, b in policy.bits.items() if n not in layers},
+            sparsity={n: v for n, v in policy.sparsity.items() if n not in layers},
+            clusters={n: v for n, v in policy.clusters.items() if n not in layers},
+            rank={n: v for n, v in policy.rank.items() if n not in layers},
+            skip=tuple(b for b in policy.skip if not any(under(n, [b]) for n in layers)),
+        ), changed
 
     @property
     def dimensions(self) -> int:
@@ -172,14 +239,15 @@ class SearchSpace:
                    for k, d in dists.items() if k in params)  # recipe: unset is allowed
 
     def uniform(self, ratio: float, bits: int, rank: float = 1.0) -> Policy:
-        """The same ratio in every group (capped by what each allows) and the same bits;
+        """The same ratio in every group (capped by what each allows) and the same bits
+        (where a layer allows them: a layer left out stays fp32);
         with ``rank`` < 1, that fraction of the rank in every layer with rank choices
         (raised to the nearest fraction each allows)."""
         prune = {g: max((r for r in rs if r <= ratio), default=0.0)
                  for g, rs in self.ratios.items()}
         return self.policy_from_params(
             {**{PRUNE + g: r for g, r in prune.items()},
-             **{BITS + layer: bits for layer in self.bits},
+             **{BITS + layer: _nearest(bs, bits) for layer, bs in self.bits.items()},
              **{RANK + layer: min(f for f in fs if f >= rank) for layer, fs in self.rank.items()}})
 
     def most_aggressive(self) -> list[Policy]:
@@ -188,9 +256,14 @@ class SearchSpace:
         all_bits = sorted({b for choices in self.bits.values() for b in choices})
         return [self.policy_from_params(
             {**{PRUNE + g: max(rs) for g, rs in self.ratios.items()},
-             **{BITS + layer: b for layer in self.bits},
+             **{BITS + layer: _nearest(bs, b) for layer, bs in self.bits.items()},
              **{RANK + layer: min(fs) for layer, fs in self.rank.items()},
              **{SKIP + block: 1 for block in self.skip}}) for b in all_bits]
+
+
+def _nearest(choices: tuple[int, ...], bits: int) -> int:
+    """``bits`` if a layer allows it, else its allowed bit-width nearest to it."""
+    return bits if bits in choices else min(choices, key=lambda c: abs(c - bits))
 
 
 def _rank_choices(table: LayerTable, fractions: tuple[float, ...]) -> dict[str, tuple[float, ...]]:

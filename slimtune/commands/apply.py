@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
     from slimtune.agents import propose_measured
+    from slimtune.agents.transfer import left_out_note
     from slimtune.envs.compression import CompressionEnv
     from slimtune.envs.problem import prepare_problem
     from slimtune.job import run_job
@@ -58,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
     if describe is not None:
         say(describe())
     policy, attempts = propose_measured(agent, env)
+    policy, _changed = problem.space.restrict(policy)  # the env offers no more than the space
     trained_on = agent.card.trained_on.get("model", "?")
     say(f"agent trained on {trained_on} applied to {spec.model.describe()} "
         f"({len(problem.table.layers)} layers), budget {problem.budget_ms:.3f} ms:")
     for d in env.builder.decisions:
         clip = f" (proposed {d.proposed.ratio:g}/{d.proposed.bits}, clipped)" if d.clipped else ""
         say(f"  {d.layer}: ratio {d.chosen.ratio:g}, {d.chosen.bits} bits{clip}")
+    for line in left_out_note(problem.space):
+        say(line)
     for i, a in enumerate(attempts):
         say(f"attempt {i + 1}: wall correction {a.correction:.2f}, predicted "
             f"{a.predicted_ms:.3f} ms, measured {a.measured_ms:.3f} ms "

@@ -54,6 +54,13 @@ class Runtime(ABC):
         """Load `model` and return a zero-arg callable running ONE forward on a fixed random
         batch of shape (batch_size, *input_shape) with `threads` threads."""
 
+    def outputs(self, model: Path | nn.Module, batch: np.ndarray,
+                threads: int) -> np.ndarray | None:
+        """The outputs of ONE forward of ``model`` on ``batch`` (float32, N x ...), what
+        preflight's group probe compares with the unpruned model. Override it; the default
+        None says the runtime only times (the probe then only checks the model runs)."""
+        return None
+
     def subject(self, model: Path | nn.Module) -> Path | nn.Module:
         """``model`` as this runtime consumes it (a Path, or the module); a one-line
         UserInputError when it is the other kind."""

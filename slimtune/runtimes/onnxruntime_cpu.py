@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 
@@ -39,3 +40,9 @@ class OnnxRuntime(Runtime):
             session.run(None, feed)
 
         return run_once
+
+    def outputs(self, model: Path | nn.Module, batch: np.ndarray, threads: int) -> np.ndarray:
+        from slimtune.export import onnx_session
+
+        session = onnx_session(self.subject(model), threads=threads)
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]

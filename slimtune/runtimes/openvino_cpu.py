@@ -10,6 +10,7 @@ from slimtune.errors import UserInputError
 from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 INSTALL_HINT = "pip install 'slimtune[openvino]'"
@@ -67,3 +68,11 @@ class OpenVinoRuntime(Runtime):
             request.infer()
 
         return run_once
+
+    def outputs(self, model: Path | nn.Module, batch: np.ndarray, threads: int) -> np.ndarray:
+        ov = _openvino()
+        compiled = compile_onnx(self.subject(model), batch.shape[1:], len(batch), threads)
+        request = compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(batch))
+        request.infer()
+        return request.get_output_tensor(0).data.copy()

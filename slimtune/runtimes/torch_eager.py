@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from slimtune.runtimes.base import Runtime, example_batch
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 
@@ -46,6 +47,13 @@ class TorchRuntime(Runtime):
                 model(x)
 
         return run_once
+
+    def outputs(self, model: Path | nn.Module, batch: np.ndarray, threads: int) -> np.ndarray:
+        import torch
+
+        model = self.subject(model)
+        with self.context(threads), torch.inference_mode():
+            return model.eval()(torch.from_numpy(batch)).numpy()
 
     @contextlib.contextmanager
     def context(self, threads: int) -> Iterator[None]:
