@@ -107,6 +107,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         from slimtune.agents.transfer import check_warm_start
 
         check_warm_start(spec.search.warm_start_from, prep.table)
+    _say(prep.probe_summary)  # after the last check that can refuse the job
     if resume:
         finished = read_finished(out_dir)
         clear_unfinished(out_dir, finished)

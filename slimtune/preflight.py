@@ -42,6 +42,7 @@ class Prepared:
     baseline_ms: float
     fastest_ms: float
     fastest_policy: Policy
+    probe_summary: str = ""  # what the group probe checked (said once the job starts)
 
 
 def uses_scoring(spec: JobSpec) -> bool:
@@ -70,8 +71,7 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
     protocol = protocol or MeasureProtocol()
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
-    space, probe = probed_space(spec, model, table, say)
-    say(probe.summary())
+    space, probe = probed_space(spec, model, table, say)  # says each group it leaves out
     ctx = TrialContext(spec=spec, table=table, baseline_state=model.state_dict(), data=data,
                        budget_ms=float("inf"), trials_dir=Path(), protocol=protocol)
     policies = [Policy(), *space.most_aggressive()]
@@ -90,7 +90,8 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
             f"budget {budget:.3f} ms is below the fastest model the search space allows "
             f"({fastest_ms:.3f} ms measured on the target; the baseline measures "
             f"{baseline_ms:.3f} ms): raise the budget or allow larger prune ratios")
-    return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy)
+    return Prepared(spec, data, table, space, baseline_ms, fastest_ms, fastest_policy,
+                    probe.summary())
 
 
 def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[LatencyStats]:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import slimtune.layer_lut as layer_lut
 import slimtune.predictor as predictor_mod
 from slimtune.export import ORT_DISABLED_OPTIMIZERS
 from slimtune.latency import MeasureProtocol
@@ -46,7 +47,7 @@ def _optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("int8", [False, True])
 def test_one_layer_models_run_as_the_real_ones_do(int8: bool, tmp_path: Path) -> None:
     cfg = LayerConfig("conv", 8, 16, 1, 3, 2, 1, (16, 16), int8)
-    model = predictor_mod._conv_onnx(cfg)
+    model = layer_lut._conv_onnx(cfg)
     onnx.checker.check_model(model)
     ops = _optimized_ops(model, tmp_path)
     # int8: the QLinearConv that quantize_onnx's QDQ layers become; fp32: a plain Conv
@@ -55,7 +56,7 @@ def test_one_layer_models_run_as_the_real_ones_do(int8: bool, tmp_path: Path) ->
     y = session.run(None, {"input": np.zeros((3, *cfg.input_shape), np.float32)})[0]
     assert y.shape == (3, 16, *cfg.out_hw) == (3, 16, 8, 8)
     assert "QGemm" in _optimized_ops(
-        predictor_mod._conv_onnx(LayerConfig("linear", 16, 10, 1, 1, 1, 0, (1, 1), True)),
+        layer_lut._conv_onnx(LayerConfig("linear", 16, 10, 1, 1, 1, 0, (1, 1), True)),
         tmp_path)
 
 
