@@ -1,9 +1,15 @@
-"""The checks before compute: spec, tracking store, dataset, model, weights, one forward."""
+"""The checks before compute: spec, tracking store, dataset, model, weights, one forward,
+one ONNX export run in ONNX Runtime."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,6 +48,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
     if spec.model.weights is not None:
         load_weights(model, spec.model.weights)
     check_logits(model, data, spec.model.describe())
+    check_onnx(model, data, spec.model.describe())
     table = build_layer_table(model, data.input_shape, round_to=spec.space.round_to)
     if not table.groups:
         raise UserInputError(f"model {spec.model.describe()}: no prunable layer found")
@@ -75,6 +82,45 @@ def check_logits(model: nn.Module, data: Dataset, what: str) -> None:
         raise ModelError(f"model {what} outputs {logits.shape[1]} logits per example but "
                          f"the data has {data.num_classes} classes (labels 0 .. "
                          f"{data.num_classes - 1}): build it with num_classes")
+
+
+def _error_text(err: BaseException, limit: int = 240) -> str:
+    """``err`` (or the error that caused it, which names the problem better: torch.export
+    wraps its own) as one short line without terminal colours."""
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+    text = re.sub(r"\x1b\[[0-9;]*m", "", one_line(cause))
+    return f"{type(cause).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def check_onnx(model: nn.Module, data: Dataset, what: str) -> None:
+    """The model exports to ONNX as every trial deploys it, ONNX Runtime runs the file on a
+    batch of the data, and its logits are torch's (a forward may take another path while
+    exported, or read state the trace turns into a constant)."""
+    from slimtune.export import export_onnx, onnx_predict, onnx_session
+
+    x = data.train.x[:2]
+    with tempfile.TemporaryDirectory(prefix="slimtune-validate-") as tmp:
+        try:  # a failing torch.export prints its traced graph on stderr; the error says it
+            with contextlib.redirect_stderr(io.StringIO()):
+                path = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        except Exception as e:
+            raise ModelError(f"model {what}: ONNX export (torch.onnx.export, dynamo) failed, "
+                             f"so no trial could be deployed: {_error_text(e)}") from e
+        try:
+            got = onnx_predict(onnx_session(path, threads=1), x)
+        except Exception as e:
+            raise ModelError(f"model {what}: ONNX Runtime cannot run the exported model: "
+                             f"{_error_text(e)}") from e
+    was_training = model.training
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    model.train(was_training)
+    diff = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= 1e-3 + 1e-3 * float(abs(expected).max()):
+        raise ModelError(f"model {what}: ONNX Runtime's logits differ from torch's on a batch "
+                         f"of the data (largest difference {diff:.3g}): its forward takes "
+                         "another path when exported, or reads state the trace turns into a "
+                         "constant, so the deployed model would compute other logits")
 
 
 def validate_job(spec: JobSpec) -> str:
