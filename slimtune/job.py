@@ -15,7 +15,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from slimtune.baseline import prepare_baseline
+from slimtune.chance import ChanceBaselineError, check_above_chance
 from slimtune.data import Dataset
 from slimtune.errors import BudgetError, UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
@@ -198,7 +201,11 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         if state.get("baseline"):  # a resumed job keeps its baseline figures and budget
             base_info = dict(state["baseline"])
         else:
-            base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+            try:
+                base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+            except ChanceBaselineError:  # refused before the search: no outputs left
+                shutil.rmtree(out_dir, ignore_errors=True)
+                raise
         budget = budget_ms(spec, base_info["latency_ms"])
         base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
         ctx = replace(ctx, budget_ms=budget)
@@ -337,8 +344,12 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
     stats = measure(ctx, deployed)
     threads = ctx.spec.target.threads
     with machine_lock("shared"):
-        val = accuracy(deployed.logits(ctx.data.val.x, threads), ctx.data.val.y)
+        val_logits = deployed.logits(ctx.data.val.x, threads)
+        val = accuracy(val_logits, ctx.data.val.y)
         test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
+    if not ctx.spec.baseline.allow_chance:
+        check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
+                           ctx.data.num_classes, source=baseline.source)
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
     return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
             "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,

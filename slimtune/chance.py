@@ -1,0 +1,54 @@
+"""A baseline that learnt nothing: accuracy at chance level, refused before the search.
+
+Compressing a model that predicts one class for every image (an EfficientNet trained by
+a recipe that does not suit it) gives a search whose every trial ties with the baseline:
+an answer that looks fine and means nothing. Chance is the larger of 1 / classes and the
+share of the validation split's most frequent class (what predicting that class for
+everything scores); the baseline must beat it by three binomial standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from slimtune.errors import UserInputError
+
+
+class ChanceBaselineError(UserInputError):
+    """The baseline's validation accuracy is not clearly above chance."""
+
+
+def chance_accuracy(labels: np.ndarray, num_classes: int) -> float:
+    """What a model that learnt nothing scores: the best constant guess, at least 1/classes."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return max(1.0 / num_classes, float(counts.max()) / max(len(labels), 1))
+
+
+def chance_margin(chance: float, n: int) -> float:
+    """Three binomial standard errors of an accuracy of ``chance`` over ``n`` examples."""
+    return 3.0 * math.sqrt(chance * (1.0 - chance) / max(n, 1))
+
+
+def check_above_chance(logits: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                       source: str) -> None:
+    """ChanceBaselineError (one line) unless the validation accuracy of ``logits`` is
+    clearly above chance; ``source`` says where the baseline came from (its hint)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(logits).argmax(axis=1)
+    n = len(labels)
+    accuracy = float((predicted == labels).mean()) if n else 0.0
+    chance = chance_accuracy(labels, num_classes)
+    if n == 0 or accuracy > chance + chance_margin(chance, n):
+        return
+    counts = np.bincount(predicted, minlength=num_classes)
+    top = int(counts.argmax())
+    fix = ("check the weights file" if source == "weights" else
+           "train it better: raise baseline.epochs or change baseline.lr, or give your own "
+           "model.weights")
+    raise ChanceBaselineError(
+        f"the baseline is at chance level: val accuracy {accuracy:.4f} against chance "
+        f"{chance:.4f} ({num_classes} classes, {n} examples), and it predicts class {top} "
+        f"for {counts[top] / n:.0%} of them; compressing it would mean nothing: {fix}, or set "
+        "baseline.allow_chance: true to search anyway")
