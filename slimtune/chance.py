@@ -15,6 +15,8 @@ import numpy as np
 
 from slimtune.errors import UserInputError
 
+MIN_EXAMPLES = 50  # fewer validation examples: a warning, not a refusal
+
 
 class ChanceBaselineError(UserInputError):
     """The baseline's validation accuracy is not clearly above chance."""
@@ -32,9 +34,13 @@ def chance_margin(chance: float, n: int) -> float:
 
 
 def check_above_chance(logits: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                       source: str) -> None:
+                       source: str) -> str | None:
     """ChanceBaselineError (one line) unless the validation accuracy of ``logits`` is
-    clearly above chance; ``source`` says where the baseline came from (its hint)."""
+    clearly above chance; ``source`` says where the baseline came from (its hint).
+
+    Below ``MIN_EXAMPLES`` validation examples chance cannot be told from a model that
+    learnt little: the answer is then a warning line to print, not a refusal.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     predicted = np.asarray(logits).argmax(axis=1)
     n = len(labels)
@@ -42,6 +48,9 @@ def check_above_chance(logits: np.ndarray, labels: np.ndarray, num_classes: int,
     chance = chance_accuracy(labels, num_classes)
     if n == 0 or accuracy > chance + chance_margin(chance, n):
         return
+    if n < MIN_EXAMPLES:
+        return f"only {n} validation examples: whether the baseline (val accuracy " \
+            f"{accuracy:.4f}) beats chance ({chance:.4f}) cannot be told; searching anyway"
     counts = np.bincount(predicted, minlength=num_classes)
     top = int(counts.argmax())
     fix = ("check the weights file" if source == "weights" else

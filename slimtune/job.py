@@ -348,8 +348,10 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
         val = accuracy(val_logits, ctx.data.val.y)
         test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
     if not ctx.spec.baseline.allow_chance:
-        check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
-                           ctx.data.num_classes, source=baseline.source)
+        warning = check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
+                                     ctx.data.num_classes, source=baseline.source)
+        if warning:
+            _say(f"warning: {warning}")
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
     return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
             "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,

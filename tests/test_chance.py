@@ -71,3 +71,9 @@ def test_run_refuses_a_chance_baseline_before_the_search(tmp_path, capsys) -> No
     assert len(err) == 1 and "the baseline is at chance level" in err[0]
     assert "check the weights file" in err[0]
     assert not out.exists()
+
+
+def test_too_few_validation_examples_to_tell_is_a_warning() -> None:
+    warning = check_above_chance(_logits(np.full(20, 3)), LABELS[:20], 10, source="trained")
+    assert warning is not None and "only 20 validation examples" in warning
+    assert check_above_chance(_logits(LABELS), LABELS, 10, source="trained") is None
