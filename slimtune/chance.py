@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from torch import nn
 
 from slimtune.errors import UserInputError
 
@@ -33,10 +34,29 @@ def chance_margin(chance: float, n: int) -> float:
     return 3.0 * math.sqrt(chance * (1.0 - chance) / max(n, 1))
 
 
+def vanishing_norms(model: nn.Module) -> str:
+    """A hint when the model's norm layers scale activations by almost nothing: transformers
+    5.x initialises EfficientNet's and MobileViT's BatchNorm weights from N(0, 0.02), so a
+    model built from a config (no weights) multiplies its signal by ~0.02 a layer and its
+    gradients vanish; "" when the scales look trained or default (1)."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.BatchNorm2d | nn.LayerNorm | nn.GroupNorm)
+             and getattr(m, "weight", None) is not None]
+    if not norms:
+        return ""
+    scale = float(np.median([m.weight.detach().abs().mean().item() for m in norms]))
+    if scale >= 0.1:
+        return ""
+    return (f"; its norm layers' scales are near 0 (median mean |weight| {scale:.3g}), as a "
+            "from-config init may leave them: set them to 1 (reset_parameters() on each "
+            "norm layer) or load trained weights")
+
+
 def check_above_chance(logits: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                       source: str) -> str | None:
+                       source: str, hint: str = "") -> str | None:
     """ChanceBaselineError (one line) unless the validation accuracy of ``logits`` is
-    clearly above chance; ``source`` says where the baseline came from (its hint).
+    clearly above chance; ``source`` says where the baseline came from, ``hint`` (e.g.
+    :func:`vanishing_norms`) is added to the message.
 
     Below ``MIN_EXAMPLES`` validation examples chance cannot be told from a model that
     learnt little: the answer is then a warning line to print, not a refusal.
@@ -59,5 +79,5 @@ def check_above_chance(logits: np.ndarray, labels: np.ndarray, num_classes: int,
     raise ChanceBaselineError(
         f"the baseline is at chance level: val accuracy {accuracy:.4f} against chance "
         f"{chance:.4f} ({num_classes} classes, {n} examples), and it predicts class {top} "
-        f"for {counts[top] / n:.0%} of them; compressing it would mean nothing: {fix}, or set "
-        "baseline.allow_chance: true to search anyway")
+        f"for {counts[top] / n:.0%} of them{hint}; compressing it would mean nothing: {fix}, "
+        "or set baseline.allow_chance: true to search anyway")

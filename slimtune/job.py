@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from slimtune.baseline import prepare_baseline
-from slimtune.chance import ChanceBaselineError, check_above_chance
+from slimtune.chance import ChanceBaselineError, check_above_chance, vanishing_norms
 from slimtune.data import Dataset
 from slimtune.errors import BudgetError, UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
@@ -349,7 +349,8 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
         test = accuracy(deployed.logits(ctx.data.test.x, threads), ctx.data.test.y)
     if not ctx.spec.baseline.allow_chance:
         warning = check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
-                                     ctx.data.num_classes, source=baseline.source)
+                                     ctx.data.num_classes, source=baseline.source,
+                                     hint=vanishing_norms(baseline.model))
         if warning:
             _say(f"warning: {warning}")
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)

@@ -7,6 +7,8 @@ are cut down so a test builds, prunes and exports one in about a second; the str
 (residual stages, inverted residuals with squeeze-excite, layer scale, multi-head
 attention, MobileViT's unfold/fold) is the real one. ``vit`` and ``vit16`` differ only in
 the image size their position embeddings fix (28x28 Fashion-MNIST, 16x16 synthetic).
+``efficientnet`` and ``mobilevit`` reset their norm layers (:func:`unit_norms`); the
+``*_as_built`` builders are the models exactly as transformers makes them.
 """
 
 from __future__ import annotations
@@ -63,7 +65,22 @@ def vit16(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return _vit(num_classes, in_channels, image_size=16, patch_size=4)
 
 
-def efficientnet(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def unit_norms(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm/LayerNorm back at scale 1, shift 0 (torch's default).
+
+    transformers 5.24 draws EfficientNet's and MobileViT's BatchNorm scales from N(0, 0.02)
+    when it builds them from a config: each layer multiplies the signal by ~0.02, the
+    logits of a fresh model are ~1e-18 and no recipe trains it (slimtune refuses such a
+    baseline at chance level). A user training one from scratch does this fix."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.LayerNorm) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def efficientnet_as_built(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """EfficientNet exactly as transformers builds it from the config (see unit_norms)."""
     from transformers import EfficientNetForImageClassification
 
     return EfficientNetForImageClassification(_config(
@@ -73,13 +90,22 @@ def efficientnet(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
         expand_ratios=[1, 6, 6], hidden_dim=320, num_labels=num_classes))
 
 
-def mobilevit(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+def efficientnet(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return unit_norms(efficientnet_as_built(num_classes, in_channels))
+
+
+def mobilevit_as_built(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """MobileViT exactly as transformers builds it from the config (see unit_norms)."""
     from transformers import MobileViTForImageClassification
 
     return MobileViTForImageClassification(_config(
         "MobileViTConfig", num_channels=in_channels, image_size=28, patch_size=2,
         hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96],
         num_attention_heads=4, expand_ratio=2.0, num_labels=num_classes))
+
+
+def mobilevit(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return unit_norms(mobilevit_as_built(num_classes, in_channels))
 
 
 FAMILIES = {"resnet": resnet, "mobilenet_v2": mobilenet_v2, "convnext": convnext,

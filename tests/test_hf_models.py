@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from slimtune.compress import apply_policy, prune_structure
+from slimtune.data import FASHION_MNIST_DIR
 from slimtune.export import export_onnx, onnx_predict, onnx_session
 from slimtune.layers import build_layer_table
 from slimtune.models import LogitsOf, output_note
@@ -124,3 +125,59 @@ def test_removing_a_dead_head_leaves_the_output_unchanged(family: str) -> None:
     x = torch.randn(3, *SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_from_config_init_that_silences_the_model_is_named() -> None:
+    """transformers 5.24 builds EfficientNet/MobileViT with BatchNorm scales ~N(0, 0.02):
+    such a model cannot train, and the chance-level refusal says why."""
+    from slimtune.chance import vanishing_norms
+
+    as_built = hf_models.efficientnet_as_built()
+    assert "norm layers' scales are near 0" in vanishing_norms(as_built)
+    assert vanishing_norms(hf_models.efficientnet()) == ""
+    assert vanishing_norms(hf_models.resnet()) == ""
+    with torch.no_grad():
+        assert float(as_built(torch.randn(4, *SHAPE)).logits.std()) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_run_export_and_onnx_runtime_end_to_end(family: str, tmp_path, capsys) -> None:
+    """``slimtune run`` (uniform searcher, 2 trials, a 2,000-image Fashion-MNIST subset) on
+    an HF ViT and an HF ResNet handed over as they are, then ``slimtune export`` and the
+    exported ONNX file in ONNX Runtime against the exported torch model."""
+    import json
+
+    import yaml
+
+    from slimtune.cli import main
+    from slimtune.data import load_dataset
+    from slimtune.outputs import load_compressed
+    from tests.jobs import tiny_job
+
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed (dataset-fashion-mnist)")
+    job = tiny_job(tmp_path, model={"import": f"tests.hf_models:{family}"}, evaluate=[],
+                   data={"dataset": "fashion-mnist", "train_size": 2000, "val_size": 500,
+                         "test_size": 200},
+                   baseline={"epochs": 2, "batch_size": 64},
+                   search={"searcher": "uniform", "trials": 2, "seed": 0,
+                           "evaluator": "finetune"})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == 0
+    assert main(["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out
+    rows = [json.loads(line) for line in (tmp_path / "out" / "trials.jsonl").open()]
+    assert len(rows) == 2 and all(r["state"] != "failed" for r in rows), rows
+    assert main(["export", str(tmp_path / "out"), "--out", str(tmp_path / "exp")]) == 0
+    model = load_compressed(tmp_path / "exp" / "model.pt").eval()
+    x = load_dataset("fashion-mnist", train_size=100, val_size=100, test_size=64,
+                     seed=0).test.x
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_predict(onnx_session(tmp_path / "exp" / "model.onnx", threads=1), x)
+    policy = json.loads((tmp_path / "exp" / "policy.json").read_text())
+    if not any(b == 8 for b in policy.get("bits", {}).values()):  # int8 files differ a bit
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
