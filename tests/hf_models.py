@@ -3,10 +3,10 @@ weights), for one-channel images and any class count; a spec hands one over as
 ``model: {import: "tests.hf_models:vit"}``.
 
 Each forward returns a ``ModelOutput`` (``logits`` in it), as the real models do. Sizes
-are cut down so a test builds, prunes and exports one in about a second; the structure
+are cut down so a test builds, prunes and exports one in seconds; the structure
 (residual stages, inverted residuals with squeeze-excite, layer scale, multi-head
-attention, MobileViT's unfold/fold) is the real one. ``vit`` and ``vit16`` differ only in
-the image size their position embeddings fix (28x28 Fashion-MNIST, 16x16 synthetic).
+attention, MobileViT's unfold/fold) is the real one. ``vit`` is for 28x28 inputs (its
+position embeddings fix the size), ``vit16`` for 16x16 (the synthetic data).
 ``efficientnet`` and ``mobilevit`` reset their norm layers (:func:`unit_norms`); the
 ``*_as_built`` builders are the models exactly as transformers makes them.
 """
