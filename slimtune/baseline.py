@@ -84,7 +84,8 @@ def baseline_key(spec: JobSpec, data: Dataset | None = None) -> str:
     changed file under the same path is a new key, not a stale cached baseline.
     """
     recipe = {"model": _dump(spec.model, "model", by_alias=True, exclude={"weights"}),
-              "data": _dump(spec.data, "data"), "baseline": spec.baseline.model_dump(),
+              "data": _dump(spec.data, "data"),
+              "baseline": spec.baseline.model_dump(exclude={"allow_chance"}),
               "version": RECIPE_VERSION}
     if data is not None and data.fingerprint:
         recipe["data_fingerprint"] = data.fingerprint

@@ -20,6 +20,7 @@ from torch import nn
 
 from slimtune.channel_order import channel_order
 from slimtune.errors import PolicyError
+from slimtune.heads import remove_heads
 from slimtune.layers import (
     ChannelGroup,
     LayerTable,
@@ -230,12 +231,12 @@ def remove_channels(model: nn.Module, table: LayerTable, policy: Policy, *, roun
 
 
 def _set_heads(model: nn.Module, table: LayerTable, plan: dict[str, list[int]]) -> None:
-    """Lower ``num_heads`` of every attention module whose head group lost heads."""
+    """Lower the head count of every attention module whose head group lost heads."""
     modules = dict(model.named_modules())
     for name, idxs in plan.items():
         group = table.group(name)
         if group.attention:
-            modules[group.attention].num_heads -= len(idxs) // group.head_dim
+            remove_heads(modules[group.attention], len(idxs) // group.head_dim, group.head_dim)
 
 
 def _check_runs(original: nn.Module, pruned: nn.Module, table: LayerTable,

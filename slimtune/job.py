@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from slimtune.baseline import prepare_baseline
+from slimtune.chance import ChanceBaselineError, check_above_chance, vanishing_norms
 from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
 from slimtune.evaluate.trial_eval import job_reference
@@ -128,7 +131,11 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         if state.get("baseline"):  # a resumed job keeps its baseline figures and budget
             base_info = dict(state["baseline"])
         else:
-            base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+            try:
+                base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
+            except ChanceBaselineError:  # refused before the search: no outputs left
+                shutil.rmtree(out_dir, ignore_errors=True)
+                raise
         budget = budget_ms(spec, base_info["latency_ms"])
         base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
         ctx = replace(ctx, budget_ms=budget)
@@ -274,6 +281,14 @@ def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
         run, objective = deployed.runner(threads), Objective.of(ctx.spec)
         val, _ = evaluate_split(objective, run, ctx.data.val)
         test, _ = evaluate_split(objective, run, ctx.data.test)
+        check_chance = objective.logits and not ctx.spec.baseline.allow_chance
+        val_logits = deployed.logits(ctx.data.val, threads) if check_chance else None
+    if val_logits is not None:
+        warning = check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
+                                     ctx.data.num_classes, source=baseline.source,
+                                     hint=vanishing_norms(baseline.model))
+        if warning:
+            _say(f"warning: {warning}")
     macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
     return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
             "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,

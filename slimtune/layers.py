@@ -27,6 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from slimtune.heads import head_size
 from slimtune.tracing import TracedGraph
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -59,8 +60,8 @@ class ChannelGroup:
     channels: int
     layers: tuple[str, ...]  # layers whose output channels are these channels
     min_channels: int
-    # attention heads: the module holding ``num_heads`` whose q/k/v outputs these channels
-    # are; the group is pruned in whole heads of ``head_dim`` channels. "" / 1: plain channels
+    # attention heads: the module naming its heads (slimtune.heads) whose q/k/v outputs
+    # these channels are; pruned in whole heads of ``head_dim`` channels. "" / 1: plain
     attention: str = ""
     head_dim: int = 1
     # grouped (not depthwise) convs these channels feed or leave: they are pruned in whole
@@ -277,7 +278,8 @@ def _attention_of(model: nn.Module, members: list[str], channels: int) -> tuple[
     """The attention module whose heads a group's channels are, and the channels per head.
 
     A group is one of heads when all its layers are Linear children of one module with an
-    integer ``num_heads`` (q/k/v projections) that divides the group's channels; pruning
+    integer head count (``num_heads``, or Hugging Face's ``num_attention_heads``; see
+    :mod:`slimtune.heads`) that divides the group's channels (q/k/v projections); pruning
     it then removes whole heads. ("", 1) otherwise.
     """
     modules = dict(model.named_modules())
@@ -285,10 +287,10 @@ def _attention_of(model: nn.Module, members: list[str], channels: int) -> tuple[
     if len(parents) != 1 or not all(isinstance(modules[n], nn.Linear) for n in members):
         return "", 1
     parent = parents.pop()
-    heads = getattr(modules[parent], "num_heads", None)
-    if not isinstance(heads, int) or heads < 1 or channels % heads:
+    size = head_size(modules[parent], channels)
+    if size is None:
         return "", 1
-    return parent, channels // heads
+    return parent, size
 
 
 def build_layer_table(model: nn.Module, input_shape: tuple[int, ...], *,

@@ -335,6 +335,8 @@ class BaselineSpec(_Strict):
     lr: float = Field(default=0.05, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
     seed: int = 0
+    # search a baseline at chance level anyway (slimtune.chance); not part of the cache key
+    allow_chance: bool = False
 
 
 class TrainSpec(_Strict):

@@ -64,6 +64,24 @@ def _ratio(r) -> str:
     return f"{r.latency_ratio:.2f}x" if r.latency_ratio is not None else "?"
 
 
+def failure_line(outcome: JobOutcome) -> str | None:
+    """Why a finished job failed, in one line, when every trial it searched failed (an
+    exception inside each, not a trial over the budget); None when one at least succeeded.
+
+    References (int8 only, uniform pruning) are not the search: their success alone does
+    not make a search whose every candidate failed a successful job.
+    """
+    searched = [r for r in outcome.results if not r.reference]
+    if searched and any(r.state != "failed" for r in searched):
+        return None
+    if not searched:
+        return "the job ran no trial"
+    errors = [r.error for r in searched if r.error]
+    first = " ".join(errors[0].split())[:300] if errors else "no error recorded"
+    return (f"all {len(searched)} trials failed (first error: {first}); see "
+            f"{outcome.out_dir / 'trials.jsonl'}")
+
+
 def print_summary(outcome: JobOutcome) -> None:
     out = outcome.out_dir.resolve()
     n = len(outcome.results)

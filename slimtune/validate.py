@@ -1,11 +1,17 @@
-"""The checks before compute: spec, tracking store, dataset, model, weights, one forward;
-``slimtune validate`` also probes every channel group of the space (:mod:`slimtune.probe`:
-each pruned at its largest ratio, run forward, exported to ONNX and run on the target)."""
+"""The checks before compute: spec, tracking store, dataset, model, weights, one forward,
+one ONNX export run in ONNX Runtime; ``slimtune validate`` also probes every channel group
+of the space (:mod:`slimtune.probe`: each pruned at its largest ratio, run forward,
+exported to ONNX and run on the target)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,6 +57,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
         load_weights(model, spec.model.weights)
     if objective.logits:
         check_logits(model, data, spec.model.describe())
+        check_onnx(model, data, spec.model.describe())
     probe = data.train.first(2).loader().__iter__().__next__()
     objective.check(model, probe.x, probe.y)  # the metric returns a number, the loss a scalar
     skipped = "" if objective.logits or not spec.evaluate else (
@@ -97,6 +104,45 @@ def _classes(spec: JobSpec, data: Dataset) -> str:
     if data.class_names:
         return f"task custom on {data.num_classes} classes"
     return f"task custom, targets of {data.num_classes} values"
+
+
+def _error_text(err: BaseException, limit: int = 240) -> str:
+    """``err`` (or the error that caused it, which names the problem better: torch.export
+    wraps its own) as one short line without terminal colours."""
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+    text = re.sub(r"\x1b\[[0-9;]*m", "", one_line(cause))
+    return f"{type(cause).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def check_onnx(model: nn.Module, data: Dataset, what: str) -> None:
+    """The model exports to ONNX as every trial deploys it, ONNX Runtime runs the file on a
+    batch of the data, and its logits are torch's (a forward may take another path while
+    exported, or read state the trace turns into a constant)."""
+    from slimtune.export import export_onnx, onnx_predict, onnx_session
+
+    x = data.train.head(2).x
+    with tempfile.TemporaryDirectory(prefix="slimtune-validate-") as tmp:
+        try:  # a failing torch.export prints its traced graph on stderr; the error says it
+            with contextlib.redirect_stderr(io.StringIO()):
+                path = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        except Exception as e:
+            raise ModelError(f"model {what}: ONNX export (torch.onnx.export, dynamo) failed, "
+                             f"so no trial could be deployed: {_error_text(e)}") from e
+        try:
+            got = onnx_predict(onnx_session(path, threads=1), x)
+        except Exception as e:
+            raise ModelError(f"model {what}: ONNX Runtime cannot run the exported model: "
+                             f"{_error_text(e)}") from e
+    was_training = model.training
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    model.train(was_training)
+    diff = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= 1e-3 + 1e-3 * float(abs(expected).max()):
+        raise ModelError(f"model {what}: ONNX Runtime's logits differ from torch's on a batch "
+                         f"of the data (largest difference {diff:.3g}): its forward takes "
+                         "another path when exported, or reads state the trace turns into a "
+                         "constant, so the deployed model would compute other logits")
 
 
 def validate_job(spec: JobSpec) -> str:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
     from slimtune.job import run_job
-    from slimtune.summary import print_summary
+    from slimtune.summary import failure_line, print_summary
     from slimtune.tracking import TrackingUnavailable
 
     # `slimtune stop` (Ray) and process managers send SIGTERM: stop like Ctrl-C, so every
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"slimtune: error: {err}", file=sys.stderr)
         return err.exit_code
     print_summary(outcome)
+    failure = failure_line(outcome)
+    if failure is not None:  # a job whose every trial failed is not a success (exit 1)
+        print(f"slimtune: error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
