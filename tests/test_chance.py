@@ -52,7 +52,7 @@ def test_chance_is_the_majority_class_on_unbalanced_labels() -> None:
 
 
 def test_the_switch_is_no_part_of_the_baseline_cache_key(tmp_path) -> None:
-    plain = parse_spec(tiny_job(tmp_path))
+    plain = parse_spec(tiny_job(tmp_path, baseline={"allow_chance": False}))
     allowed = parse_spec(tiny_job(tmp_path, baseline={"allow_chance": True}))
     assert plain.baseline.allow_chance is False and allowed.baseline.allow_chance is True
     assert baseline_key(plain) == baseline_key(allowed)
@@ -64,7 +64,8 @@ def test_run_refuses_a_chance_baseline_before_the_search(tmp_path, capsys) -> No
         model.fc.weight.mul_(1e-6)
         model.fc.bias.copy_(torch.eye(10)[3])
     torch.save(model.state_dict(), tmp_path / "zero.pt")
-    job = write_job(tmp_path, model={"arch": "tiny_resnet", "weights": "zero.pt"})
+    job = write_job(tmp_path, model={"arch": "tiny_resnet", "weights": "zero.pt"},
+                    baseline={"allow_chance": False})
     out = tmp_path / "out"
     assert main(["run", str(job), "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
