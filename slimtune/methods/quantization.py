@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from slimtune.compress import fake_quantized_layers, quantize_weights, runs_int8
+from slimtune.compress import quantize_weights, runs_int8
 from slimtune.layers import LayerTable
 from slimtune.methods.base import CompressionMethod
 from slimtune.policy import Policy
@@ -39,9 +39,3 @@ class WeightQuantization(CompressionMethod):
     def int8_layers(policy: Policy) -> list[str]:
         """The layers an int8 runtime runs as int8 (the rest stay float)."""
         return sorted(n for n, b in policy.bits.items() if runs_int8(b))
-
-    @staticmethod
-    def fake_quantized(policy: Policy, *, include_8bit: bool = False) -> dict[str, int]:
-        """The layers whose weights are rounded in torch, with their bits: below 32 bits,
-        8-bit ones only if ``include_8bit`` (a runtime without int8)."""
-        return fake_quantized_layers(policy, include_8bit=include_8bit)
