@@ -17,6 +17,7 @@ from typing import Any
 from ray.tune.search import Searcher as TuneSearcher
 
 from slimtune.policy import Policy
+from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
 from slimtune.search.base import Searcher
 from slimtune.trial import TrialContext, run_trial
@@ -41,8 +42,10 @@ def _inject_fault(ctx: TrialContext, trial_id: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _trainable(config: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
+def _trainable(config: dict[str, Any], ctx: TrialContext,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     """A Ray Tune function trainable: one policy in, one TrialResult (as JSON) out."""
+    adopt_env(env)
     _inject_fault(ctx, config["trial_id"])
     policy = Policy.from_dict(config["policy"])
     result = run_trial(ctx, config["trial_id"], policy, config["searcher"])
@@ -118,7 +121,8 @@ def run_search(ctx: TrialContext, searcher: Searcher, *, trials: int, concurrenc
     gpus = worker_gpus(ctx.spec.train.device, concurrency)
     if gpus:  # fine-tunes on CUDA: Ray shows the GPU only to workers that ask for it
         resources["gpu"] = gpus
-    trainable = tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, ctx=ctx, env=driver_env()), resources)
     with tempfile.TemporaryDirectory(prefix="slimtune-tune-") as storage:
         tuner = tune.Tuner(
             trainable,

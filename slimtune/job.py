@@ -247,9 +247,10 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
                                trial_ids=free_ids((r.trial_id for r in finished), remaining))
         except KeyboardInterrupt:  # Ctrl-C or `slimtune stop`: close runs before Ray's
             tracker.close_all("KILLED")  # shutdown, which can outlast a stop's grace time
+            stop_ray(force=True)  # a stopped job's trials stop now, not at exit
             raise
         finally:
-            stop_ray()
+            stop_ray()  # a cluster's connection ends; a local Ray is kept for the process
         search_seconds = time.perf_counter() - search_start
         if progress is not None:
             progress.close()

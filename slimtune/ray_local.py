@@ -1,4 +1,13 @@
-"""Starting and stopping Ray for a job: joining a cluster, or a local Ray on loopback."""
+"""Starting and stopping Ray for a job: joining a cluster, or a local Ray on loopback.
+
+A local Ray started here stays up for the rest of the process and the next job in it
+reuses it (Ray shuts it down at exit): restarting Ray in one process leaves native
+threads of the old session behind that can crash it later (ray-project/ray#31145: the
+test suite's interpreter died with SIGSEGV after about 18 restarts). Ray workers of a
+kept Ray were started with the environment of the first job, so each job's workers adopt
+the driver's ``SLIMTUNE_*`` and ``MLFLOW_*`` variables (:func:`driver_env`,
+:func:`adopt_env`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,12 @@ import os
 import signal
 import threading
 
-__all__ = ["start_ray", "stop_ray"]
+__all__ = ["adopt_env", "driver_env", "start_ray", "stop_ray"]
+
+_ENV_PREFIXES = ("SLIMTUNE_", "MLFLOW_")
+# what this module started: "local", a cluster address it joined, or None (Ray is not
+# running, or someone else's ray.init is in charge)
+_started: str | None = None
 
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None,
@@ -26,8 +40,13 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
     # Ctrl-C must stop the job (KeyboardInterrupt, MLflow runs closed as KILLED), not make
     # Tune end the search quietly and let the job report a short search as a success.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    global _started
     if ray.is_initialized():
-        return
+        wanted = address or os.environ.get("RAY_ADDRESS") or "local"
+        if _started is None or _started == wanted or (
+                _started == "local" and wanted.startswith(("http://", "https://"))):
+            return  # someone else's Ray, or the one this process already runs
+        stop_ray(force=True)  # another cluster asked for: the rare restart
     level = logging.INFO if verbose else logging.ERROR
     env_address = os.environ.get("RAY_ADDRESS", "")
     if env_address.startswith(("http://", "https://")):
@@ -43,6 +62,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
 
         warn_if_exposed_ray(address)
         ray.init(address=address, logging_level=level, log_to_driver=verbose)
+        _started = address
     else:
         from slimtune.security import (
             default_token_path,
@@ -59,14 +79,39 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None,
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
                      include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=level, log_to_driver=verbose)
+        _started = "local"
         if not token_existed:  # written by Ray after all (a race, or another Ray's way)
             make_owner_only(default_token_path())
     if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def stop_ray() -> None:
+def stop_ray(*, force: bool = False) -> None:
+    """End this module's connection to a cluster; a local Ray it started is kept for the
+    next job in this process unless ``force``. Someone else's Ray is left alone."""
     import ray
 
+    global _started
+    if _started is None or (_started == "local" and not force):
+        return
     if ray.is_initialized():
         ray.shutdown()
+    _started = None
+
+
+def driver_env() -> dict[str, str] | None:
+    """The driver's ``SLIMTUNE_*`` and ``MLFLOW_*`` variables, for the workers of a local
+    Ray (None on a cluster: its workers keep their own environment)."""
+    if _started != "local":
+        return None
+    return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+
+
+def adopt_env(env: dict[str, str] | None) -> None:
+    """In a worker: take the driver's variables (``driver_env``), dropping any of those
+    prefixes an earlier job set in this worker. ``None`` changes nothing."""
+    if env is None:
+        return
+    for key in [k for k in os.environ if k.startswith(_ENV_PREFIXES) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)

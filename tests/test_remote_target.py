@@ -74,6 +74,9 @@ def ray_cluster(*, edge_box: bool) -> Iterator[_Cluster]:
 
     temp_dir = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: unix socket paths
     cluster = _Cluster(temp_dir)
+    from slimtune.ray_local import stop_ray
+
+    stop_ray(force=True)  # an earlier test's local Ray, kept for the process
     ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
              _temp_dir=temp_dir, logging_level="ERROR", log_to_driver=False)
     try:

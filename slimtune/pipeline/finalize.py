@@ -13,6 +13,7 @@ from slimtune.evaluators.base import Evaluator
 from slimtune.finetune import finetune
 from slimtune.latency import machine_lock
 from slimtune.pipeline.measure import Budget, paired_timing
+from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
 from slimtune.trial import TrialContext, evaluate_deployed
@@ -66,6 +67,7 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
                       num_gpus=worker_gpus(ctx.spec.train.device, ctx.spec.search.concurrency),
                       max_retries=ctx.spec.search.max_failures)(_finalize_task)
     ctx_ref, searched_ref = ray.put(ctx), ray.put(evaluator)
+    env = driver_env()
     plain_ref = ray.put(references) if references is not None else searched_ref
     done: list[TrialResult] = []
     pending = list(rows)
@@ -74,7 +76,7 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
         while pending and len(running) < ctx.spec.search.concurrency:
             row = pending.pop(0)
             ev_ref = plain_ref if row.reference else searched_ref
-            running[task.remote(ctx_ref, ev_ref, row, baseline, budget)] = row
+            running[task.remote(ctx_ref, ev_ref, row, baseline, budget, env)] = row
         ready, _ = ray.wait(list(running), num_returns=1)
         row = running.pop(ready[0])
         try:
@@ -88,5 +90,6 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
 
 
 def _finalize_task(ctx: TrialContext, evaluator: Evaluator, row: TrialResult, baseline: Any,
-                   budget: Budget) -> TrialResult:
+                   budget: Budget, env: dict[str, str] | None = None) -> TrialResult:
+    adopt_env(env)
     return finalize_candidate(ctx, evaluator, row, baseline, budget)

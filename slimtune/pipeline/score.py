@@ -7,6 +7,7 @@ from typing import Any
 
 from slimtune.evaluators.base import Evaluator
 from slimtune.policy import Policy
+from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
 from slimtune.screening import SLACK, Screen
 from slimtune.search.base import Searcher
@@ -26,7 +27,8 @@ class ScoringPool:
 
         ref = ray.put(evaluator)
         worker = ray.remote(num_cpus=cpus)(_ScoreWorker)
-        self.actors = [worker.remote(ref) for _ in range(max(workers, 1))]
+        env = driver_env()
+        self.actors = [worker.remote(ref, env) for _ in range(max(workers, 1))]
         self.memo: dict[str, float] = {}
 
     def score(self, policies: Sequence[Policy]) -> list[float]:
@@ -52,7 +54,8 @@ class ScoringPool:
 class _ScoreWorker:
     """The Ray actor behind ScoringPool."""
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, evaluator: Evaluator, env: dict[str, str] | None = None) -> None:
+        adopt_env(env)
         self.evaluator = evaluator
 
     def score_many(self, policies: list[Policy]) -> list[float]:
