@@ -12,7 +12,8 @@ validation accuracy after the final fine-tune recipe, over random policies the l
 screen predicts feasible.
 
     python benchmarks/search_quality.py compare --fractions 0.5 0.3 --seeds 0
-    python benchmarks/search_quality.py fidelity --policies 20
+    python benchmarks/search_quality.py fidelity --policies 20 \
+        --evaluators supernet bn_recal finetune
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
         data["space"]["skip_blocks"] = True
     if args.bits:
         data["space"]["bits"] = args.bits
+    if args.bits_per:
+        data["space"]["bits_per"] = args.bits_per
     if evaluator == "finetune":
         data["search"].update(trials=args.finetune_trials, warm_start="uniform")
     data["tracking"] = {"uri": f"sqlite:///{(args.out / 'mlruns.db').resolve()}",
@@ -56,7 +59,8 @@ def compare(args) -> None:
             for evaluator in args.evaluators:
                 for searcher in args.searchers:
                     depth = ("-depth" if args.skip_blocks else "") + (
-                        "-b" + "_".join(map(str, args.bits)) if args.bits else "")
+                        "-b" + "_".join(map(str, args.bits)) if args.bits else "") + (
+                        f"-bits_per_{args.bits_per}" if args.bits_per else "")
                     name = f"{args.arch}{depth}-{evaluator}-{searcher}-f{fraction}-s{seed}"
                     spec = parse_spec(_job(args, name=name, fraction=fraction,
                                            searcher=searcher, evaluator=evaluator, seed=seed))
@@ -103,10 +107,14 @@ def _summarise(outcome, **fields) -> dict:
 
 
 def fidelity(args) -> None:
+    """Each evaluator's score of the same random predicted-feasible policies against the
+    validation accuracy after the final fine-tune recipe, started where a job would start
+    it: from the plainly pruned baseline (bn_recal, finetune, the references) and from the
+    supernet's weights (supernet)."""
     import torch
 
     from slimtune.baseline import prepare_baseline
-    from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
+    from slimtune.evaluators.factory import build_evaluator
     from slimtune.finetune import finetune
     from slimtune.job import preflight
     from slimtune.pipeline.finalize import final_recipe
@@ -129,28 +137,44 @@ def fidelity(args) -> None:
     screen = build_screen(ctx, baseline, budget, print)
     pool = [p for p in random_policies(prep.space, args.policies * 20, seed=7)
             if screen.admits(p)][:args.policies]
-    ev = BNRecalEvaluator(baseline, prep.table, prep.data.train, prep.data.val,
-                          round_to=spec.space.round_to, settings=ScoreSettings(
-                              recal_batches=spec.scoring.recal_batches,
-                              batch_size=spec.scoring.batch_size,
-                              val_size=spec.scoring.val_size), threads=spec.target.threads)
+    scorers = {name: build_evaluator(name, spec, baseline, prep.table, prep.data, prep.space,
+                                     print) for name in args.evaluators if name != "finetune"}
+    plain = scorers.get("bn_recal") or build_evaluator("bn_recal", spec, baseline,
+                                                       prep.table, prep.data)
+    starts = {"plain": plain, **({"supernet": scorers["supernet"]} if "supernet" in scorers
+                                 else {})}
     recipe = final_recipe(spec, len(prep.data.train))
+    val = prep.data.val
     rows = []
     for i, policy in enumerate(pool):
         t0 = time.perf_counter()
-        score = ev.score(policy)
-        model = ev.model(policy)
-        finetune(model, baseline, prep.table, policy, recipe, prep.data.train, seed=i)
-        val = accuracy(predict(model, prep.data.val), prep.data.val.y)
-        rows.append({"policy": i, "bn_recal": score, "final_val": val,
-                     "seconds": time.perf_counter() - t0})
-        print(json.dumps(rows[-1]), flush=True)
-    rho = spearmanr([r["bn_recal"] for r in rows], [r["final_val"] for r in rows]).statistic
+        row: dict = {"policy": i, "predicted_ratio": screen.predicted_ms(policy)
+                     / prep.baseline_ms, **{n: ev.score(policy) for n, ev in scorers.items()}}
+        if "finetune" in args.evaluators:  # the per-trial search's score: its short fine-tune
+            model = plain.model(policy)
+            finetune(model, baseline, prep.table, policy, spec, prep.data.train, seed=i)
+            row["finetune"] = accuracy(predict(model, val), val.y)
+        for start, ev in starts.items():
+            model = ev.model(policy)
+            finetune(model, baseline, prep.table, policy, recipe, prep.data.train, seed=i)
+            row[f"final_val_{start}"] = accuracy(predict(model, val), val.y)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def rho(score: str, final: str) -> float:
+        return float(spearmanr([r[score] for r in rows], [r[final] for r in rows]).statistic)
+
+    spearman = {name: rho(name, "final_val_supernet" if name == "supernet" else
+                          "final_val_plain") for name in args.evaluators}
+    if "supernet" in scorers:  # the supernet's score against fine-tunes from plain weights
+        spearman["supernet_vs_plain_start"] = rho("supernet", "final_val_plain")
     result = {"policies": len(rows), "fraction": args.fractions[0],
-              "finalize_steps": recipe.finetune.steps, "spearman": {"bn_recal": rho},
-              "rows": rows}
+              "finalize_steps": recipe.finetune.steps,
+              "finetune_steps": spec.finetune.steps, "spearman": spearman, "rows": rows}
     (args.out / "fidelity.json").write_text(json.dumps(result, indent=2))
-    print(f"Spearman(bn_recal score, final val) over {len(rows)} policies: {rho:.3f}")
+    for name, value in spearman.items():
+        print(f"Spearman({name} score, final val) over {len(rows)} policies: {value:.3f}")
 
 
 def main() -> None:
@@ -159,6 +183,8 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--bits", type=int, nargs="+", default=None,
                     help="space.bits (default: the quickstart's, 32 and 8)")
+    ap.add_argument("--bits-per", choices=["layer", "model"], default=None,
+                    help="space.bits_per (default: the quickstart's)")
     ap.add_argument("--skip-blocks", action="store_true",
                     help="elastic depth: residual blocks may be dropped (space.skip_blocks)")
     ap.add_argument("--searchers", nargs="+", default=["tpe"])

@@ -9,7 +9,7 @@ import json
 import random
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def random_policies(space: SearchSpace, n: int, *, seed: int = 0) -> list[Policy
 
 
 def calibration_set(space: SearchSpace, n_random: int, *, seed: int = 0) -> list[Policy]:
-    """Uniform anchors (every ratio allowed, fp32 and all-int8) plus random policies."""
+    """Uniform anchors (every ratio allowed, fp32 and all-int8) plus random policies (per
+    layer: the predictor's calibration does not depend on ``space.bits_per``)."""
+    space = replace(space, model_bits=False)
     ratios = sorted({r for rs in space.ratios.values() for r in rs})
     picks = [ratios[0], ratios[len(ratios) // 2], ratios[-1]]
     if len(ratios) > 3:

@@ -76,6 +76,10 @@ class SpaceSpec(_Strict):
 
     prune_ratios: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
     bits: tuple[int, ...] = (32, 8)
+    # ``layer``: a bit-width per layer (``bits.<layer>``); ``model``: one bit-width for
+    # every layer (``bits.*``), for targets where mixed precision costs a Q/DQ pair at
+    # every change (ONNX Runtime on CPU) and a per-layer choice mostly samples those
+    bits_per: Literal["layer", "model"] = "layer"
     round_to: int = Field(default=4, ge=1)
     # Deep Compression per layer (slimtune.deep_compression); empty: dimension off. 0 (no
     # sparsity, no sharing) is always a choice besides the listed ones.

@@ -42,6 +42,8 @@ CLUSTERS = "clusters."
 RANK = "rank."
 RECIPE = "recipe."
 SKIP = "skip."
+#: the one bit-width dimension of a ``bits_per: model`` space
+ALL_BITS = BITS + "*"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class SearchSpace:
     recipe: Mapping[str, tuple[float | bool, ...]] = field(default_factory=dict)
     # droppable blocks (``skip.<block>``: 0 keeps it, 1 drops it); empty: depth is fixed
     skip: tuple[str, ...] = ()
+    # one bit-width for the whole model (``bits.*``) instead of one per layer: ``bits``
+    # still lists what each layer allows (a layer left out keeps fp32)
+    model_bits: bool = False
     # dimensions left with the one choice "as it is" (``prune.<group>``: 0, ``bits.<layer>``:
     # 32) -> why: ``space.exclude`` and the groups preflight's probe saw fail
     left_out: Mapping[str, str] = field(default_factory=dict)
@@ -79,7 +84,7 @@ class SearchSpace:
         *, round_to: int = 1, sparsity: tuple[float, ...] = (), clusters: tuple[int, ...] = (),
         rank: tuple[float, ...] = (),
         recipe: Mapping[str, tuple[float | bool, ...]] | None = None,
-        blocks: tuple[str, ...] = (),
+        blocks: tuple[str, ...] = (), model_bits: bool = False,
     ) -> SearchSpace:
         ratios = {}
         for group in table.groups:
@@ -96,7 +101,7 @@ class SearchSpace:
                    clusters={n: cluster_choices for n in names if cluster_choices},
                    rank=_rank_choices(table, rank),
                    recipe={k: tuple(v) for k, v in (recipe or {}).items() if v},
-                   skip=tuple(blocks))
+                   skip=tuple(blocks), model_bits=model_bits)
 
     @classmethod
     def for_spec(cls, spec: SpaceSpec, table: LayerTable,
@@ -107,7 +112,8 @@ class SearchSpace:
             else ()
         space = cls.from_table(table, spec.prune_ratios, spec.bits, round_to=spec.round_to,
                                sparsity=spec.sparsity, clusters=spec.clusters, rank=spec.rank,
-                               recipe=spec.recipe, blocks=blocks)
+                               recipe=spec.recipe, blocks=blocks,
+                               model_bits=spec.bits_per == "model")
         return space.excluding(spec.exclude) if spec.exclude else space
 
     def excluding(self, patterns: Sequence[str]) -> SearchSpace:
@@ -169,16 +175,24 @@ class SearchSpace:
 
     @property
     def dimensions(self) -> int:
-        return len(self.ratios) + len(self.bits) + len(self.sparsity) + len(self.clusters) \
+        bits = (1 if self.bits else 0) if self.model_bits else len(self.bits)
+        return len(self.ratios) + bits + len(self.sparsity) + len(self.clusters) \
             + len(self.recipe) + len(self.rank) + len(self.skip)
+
+    def all_bits(self) -> tuple[int, ...]:
+        """Every bit-width some layer allows, widest first."""
+        return tuple(sorted({b for bs in self.bits.values() for b in bs}, reverse=True))
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Optuna distributions, one categorical per dimension."""
         dists: dict[str, BaseDistribution] = {}
         for group, choices in self.ratios.items():
             dists[PRUNE + group] = CategoricalDistribution(choices)
-        for layer, choices in self.bits.items():
-            dists[BITS + layer] = CategoricalDistribution(choices)
+        if self.model_bits and self.bits:
+            dists[ALL_BITS] = CategoricalDistribution(self.all_bits())
+        else:
+            for layer, choices in self.bits.items():
+                dists[BITS + layer] = CategoricalDistribution(choices)
         for layer, choices in self.sparsity.items():
             dists[SPARSITY + layer] = CategoricalDistribution(choices)
         for layer, choices in self.clusters.items():
@@ -194,8 +208,11 @@ class SearchSpace:
     def policy_from_params(self, params: Mapping[str, float | int]) -> Policy:
         prune = {k.removeprefix(PRUNE): float(v) for k, v in params.items()
                  if k.startswith(PRUNE) and float(v) > 0}
+        if ALL_BITS in params:  # one bit-width, where each layer allows it
+            params = {**params, **{BITS + n: _nearest(bs, int(params[ALL_BITS]))
+                                   for n, bs in self.bits.items()}}
         bits = {k.removeprefix(BITS): int(v) for k, v in params.items()
-                if k.startswith(BITS) and int(v) != 32}
+                if k.startswith(BITS) and k != ALL_BITS and int(v) != 32}
         sparsity = {k.removeprefix(SPARSITY): float(v) for k, v in params.items()
                     if k.startswith(SPARSITY) and float(v) > 0}
         clusters = {k.removeprefix(CLUSTERS): int(v) for k, v in params.items()
@@ -217,8 +234,11 @@ class SearchSpace:
         params: dict[str, float | int] = {}
         for group in self.ratios:
             params[PRUNE + group] = policy.ratio(group)
-        for layer in self.bits:
-            params[BITS + layer] = policy.bits_of(layer)
+        if self.model_bits and self.bits:  # the narrowest a layer runs at (mixed: see contains)
+            params[ALL_BITS] = min((policy.bits_of(n) for n in self.bits), default=32)
+        else:
+            for layer in self.bits:
+                params[BITS + layer] = policy.bits_of(layer)
         for layer in self.sparsity:
             params[SPARSITY + layer] = policy.sparsity.get(layer, 0.0)
         for layer in self.clusters:
@@ -235,6 +255,8 @@ class SearchSpace:
     def contains(self, policy: Policy) -> bool:
         params = self.params_from_policy(policy)
         dists = self.distributions()
+        if ALL_BITS in params and self.policy_from_params(params).bits != policy.bits:
+            return False  # mixed precision in a one-bit-width space
         return all(params[k] in d.choices  # type: ignore[attr-defined]
                    for k, d in dists.items() if k in params)  # recipe: unset is allowed
 

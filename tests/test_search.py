@@ -127,3 +127,45 @@ def test_optuna_searchers_tell_redraws_of_known_policies_without_running_them(sp
     searcher.resume([fake_result(first, 0), fake_result(second, 1, budget=0.1),
                      fake_result(third, 2)])
     assert not [t for t in searcher.study.trials if t.state.name == "WAITING"]
+
+
+def test_one_bit_width_for_the_whole_model(space):
+    """``space.bits_per: model``: one ``bits.*`` dimension; a layer left out keeps fp32;
+    a mixed-precision policy is outside the space."""
+    from dataclasses import replace
+
+    from slimtune.spaces.space import ALL_BITS
+
+    shared = replace(space, model_bits=True)
+    assert shared.dimensions == len(space.table.groups) + 1
+    dists = shared.distributions()
+    assert dists[ALL_BITS].choices == (32, 8, 4)
+    assert not any(k.startswith("bits.") and k != ALL_BITS for k in dists)
+    layers = [li.name for li in space.table.layers]
+    policy = shared.policy_from_params({ALL_BITS: 8})
+    assert policy.bits == {n: 8 for n in layers}
+    assert shared.params_from_policy(policy)[ALL_BITS] == 8 and shared.contains(policy)
+    assert shared.policy_from_params({ALL_BITS: 32}).bits == {}
+    mixed = replace(policy, bits={layers[0]: 8})
+    assert space.contains(mixed) and not shared.contains(mixed)
+    left = shared.without(layers={layers[0]: "test"})
+    assert left.policy_from_params({ALL_BITS: 4}).bits == {n: 4 for n in layers[1:]}
+    for name in ("tpe", "random", "nsga2"):
+        searcher = make_searcher(name, shared, seed=0, trials=6)
+        searcher.prepare()
+        for _ in range(6):
+            asked = searcher.ask()
+            assert len(set(asked.bits.values())) <= 1 and shared.contains(asked)
+            searcher.tell(asked, fake_result(asked, 0))
+
+
+def test_bits_per_model_in_the_spec(tmp_path):
+    from slimtune.spec import parse_spec
+    from tests.jobs import tiny_job
+
+    spec = parse_spec({**tiny_job(tmp_path), "space": {"bits_per": "model"}})
+    model = build_builtin("tiny_resnet", 10, 1)
+    table = build_layer_table(model, (1, 16, 16), round_to=1)
+    assert SearchSpace.for_spec(spec.space, table, model).model_bits
+    with pytest.raises(Exception, match="bits_per"):
+        parse_spec({**tiny_job(tmp_path), "space": {"bits_per": "x"}})
