@@ -1,12 +1,11 @@
 """Starting and stopping Ray for a job: joining a cluster, or a local Ray on loopback.
 
 A local Ray started here stays up for the rest of the process and the next job in it
-reuses it (Ray shuts it down at exit): restarting Ray in one process leaves native
-threads of the old session behind that can crash it later (ray-project/ray#31145: the
-test suite's interpreter died with SIGSEGV after about 18 restarts). Ray workers of a
-kept Ray were started with the environment of the first job, so each job's workers adopt
-the driver's ``SLIMTUNE_*`` and ``MLFLOW_*`` variables (:func:`driver_env`,
-:func:`adopt_env`).
+reuses it (Ray shuts it down at exit): a restart costs seconds, and Ray's own threads of
+an old session can outlive ``ray.shutdown`` (ray-project/ray#31145; one native thread
+more per restart here). Ray workers of a kept Ray were started with the environment of
+the first job, so each job's workers adopt the driver's ``SLIMTUNE_*`` and ``MLFLOW_*``
+variables (:func:`driver_env`, :func:`adopt_env`).
 """
 
 from __future__ import annotations

@@ -23,3 +23,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _sigchld_restored():
+    """Each test leaves SIGCHLD as it found it: torch's DataLoader installs a Python
+    SIGCHLD handler the first time a loader runs worker processes and keeps it for the
+    process, so every later child's exit in the suite ran a handler (on the thread's
+    alternate signal stack, which OpenVINO had left dangling: see
+    ``slimtune.runtimes.openvino_cpu.keeping_signal_stack``)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)

@@ -3,6 +3,7 @@ and what each runtime puts in the latency cache key."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -144,6 +145,41 @@ def test_openvino_measures_interleaved_like_ort(zoo_onnx):
                                     protocol=TINY)
         assert [s.runtime for s in stats] == [runtime, runtime]
         assert all(len(s.round_medians_ms) == 3 and s.median_ms > 0 for s in stats)
+
+
+def _signal_stack() -> tuple[int, bool]:
+    """The calling thread's alternate signal stack: its address, and whether it is mapped."""
+    import ctypes
+
+    from slimtune.runtimes.openvino_cpu import _SignalStack
+
+    now = _SignalStack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now)) == 0
+    sp = now.ss_sp or 0
+    with open("/proc/self/maps") as maps:
+        spans = [line.split()[0].split("-") for line in maps]
+    return sp, any(int(lo, 16) <= sp < int(hi, 16) for lo, hi in spans)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack, /proc")
+def test_compiled_models_destroyed_out_of_order_leave_the_signal_stack_alone(zoo_onnx):
+    """OpenVINO's compile_model installs a signal stack of its own on the thread and puts
+    back the previous one when that model is destroyed: out of order, the thread pointed
+    at freed memory and the next handled signal killed the suite with SIGSEGV."""
+    pytest.importorskip("openvino")
+    import gc
+
+    from slimtune.runtimes.openvino_cpu import compile_onnx
+
+    before = _signal_stack()
+    first = compile_onnx(zoo_onnx[0], SHAPE, 2, threads=1)
+    second = compile_onnx(zoo_onnx[1], SHAPE, 2, threads=1)
+    assert _signal_stack() == before
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert _signal_stack() == before and before[1] in (True, before[0] == 0)
 
 
 def test_an_openvino_target_runs_a_trial(tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import ctypes
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +34,45 @@ def compile_config(threads: int) -> dict[str, Any]:
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keeping_signal_stack() -> Iterator[None]:
+    """The calling thread's alternate signal stack as it was before the block.
+
+    OpenVINO's ``compile_model`` installs a stack of its own on the calling thread and
+    puts the previous one back when that compiled model is destroyed: destroyed out of
+    order, the thread is left pointing at a freed stack, and the next signal with a
+    handler (Ctrl-C, SIGTERM, a child's SIGCHLD) kills the process with SIGSEGV (seen in
+    the test suite's interpreter after the OpenVINO test)."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
 def compile_onnx(path: Path, input_shape: tuple[int, ...], batch_size: int,
                  threads: int) -> Any:
     """``path`` read, reshaped to the static (batch_size, *input_shape) and compiled for CPU
-    with `compile_config`: the model `OpenVinoRuntime` times (an ``openvino.CompiledModel``)."""
+    with `compile_config`: the model `OpenVinoRuntime` times (an ``openvino.CompiledModel``).
+    The thread's signal stack is kept (see ``keeping_signal_stack``)."""
     ov = _openvino()
     core = ov.Core()
     graph = core.read_model(str(path))
     graph.reshape([batch_size, *input_shape])
-    return core.compile_model(graph, "CPU", compile_config(threads))
+    with keeping_signal_stack():
+        return core.compile_model(graph, "CPU", compile_config(threads))
 
 
 class OpenVinoRuntime(Runtime):
