@@ -6,12 +6,16 @@ Every job finalizes its own references in the same run, by the same fine-tune re
 timed by the same paired protocol: (a) int8 only, (b) uniform pruning at the mildest
 ratio meeting the budget (fp32 or int8, whichever is faster), besides (e) the search's
 own best. ``--evaluators finetune`` adds (d), today's per-trial fine-tune search.
+``--fastnas`` adds NVIDIA ModelOpt FastNAS on the job's own baseline at the FLOPs whose
+model meets the same budget, finalized and timed alike (``benchmarks/fastnas.py``; needs
+nvidia-modelopt, not a slimtune dependency).
 
 ``fidelity``: Spearman rank correlation between each evaluator's score and the
 validation accuracy after the final fine-tune recipe, over random policies the latency
 screen predicts feasible.
 
     python benchmarks/search_quality.py compare --fractions 0.5 0.3 --seeds 0
+    python benchmarks/search_quality.py compare --fractions 0.5 --fastnas
     python benchmarks/search_quality.py fidelity --policies 20 \
         --evaluators supernet bn_recal finetune
 """
@@ -22,9 +26,11 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
+from fastnas import fastnas_row, missing
 from scipy.stats import spearmanr
 
 from slimtune.job import run_job
@@ -70,17 +76,26 @@ def compare(args) -> None:
                     wall = time.perf_counter() - start
                     row = _summarise(outcome, name=name, fraction=fraction, seed=seed,
                                      searcher=searcher, evaluator=evaluator, wall=wall)
+                    if args.fastnas:
+                        row["fastnas"] = fastnas_row(spec, outcome, probes=args.fastnas_probes,
+                                                     say=_say)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
+    extra = f"{'fastnas val/test':>19}" if args.fastnas else ""
     print(f"\n{'job':<44}{'search val/test':>17}{'int8 val/test':>16}"
-          f"{'uniform val/test':>19}{'wall s':>8}")
+          f"{'uniform val/test':>19}{extra}{'wall s':>8}")
     def pair(v: dict | None) -> str:
-        return f"{v['val']:.4f}/{v['test']:.4f}" if v else "-"
+        return f"{v['val']:.4f}/{v['test']:.4f}" if v and v.get("val") is not None else "-"
 
     for r in rows:
+        extra = f"{pair(r['fastnas']):>19}" if args.fastnas else ""
         print(f"{r['job']:<44}{pair(r['search']):>17}{pair(r['int8']):>16}"
-              f"{pair(r['uniform']):>19}{r['wall_seconds']:>8.0f}")
+              f"{pair(r['uniform']):>19}{extra}{r['wall_seconds']:>8.0f}")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _summarise(outcome, **fields) -> dict:
@@ -194,8 +209,16 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=160)
     ap.add_argument("--finetune-trials", type=int, default=16)
     ap.add_argument("--policies", type=int, default=20)
+    ap.add_argument("--fastnas", action="store_true",
+                    help="compare: add NVIDIA ModelOpt FastNAS at the FLOPs meeting the same "
+                         "budget (needs nvidia-modelopt: see benchmarks/README.md)")
+    ap.add_argument("--fastnas-probes", type=int, default=5,
+                    help="FLOPs fractions FastNAS is run at (bisection), each timed paired")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     args = ap.parse_args()
+    if args.fastnas and (why := missing()):
+        print(f"search_quality.py: {why}", file=sys.stderr)
+        sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
     (compare if args.mode == "compare" else fidelity)(args)
 
