@@ -2,8 +2,9 @@
 
 FastNAS (``modelopt.torch.prune``, mode ``fastnas``) prunes the job's own trained baseline
 (slimtune's cache) to a FLOPs bound: a sensitivity map (the validation-accuracy drop of
-every width choice of every prunable channel group, BN recalibrated on training images)
-built once and kept in a checkpoint, then a binary search under ``constraints={"flops"}``.
+every width choice of every prunable channel group, each sub-network scored as
+``bn_recal`` scores a candidate: see ``_FastNAS``) built once and kept in a checkpoint,
+then a binary search under ``constraints={"flops": ...}``.
 
 The FLOPs bound that matches slimtune's budget is found by bisection over FLOPs fractions
 (the first probe at the budget's latency fraction): each result is deployed fp32 and int8

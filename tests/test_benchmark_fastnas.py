@@ -1,9 +1,11 @@
 """benchmarks/search_quality.py --fastnas where nvidia-modelopt does not import: one line,
-exit 2, before any job; without the flag the script never imports modelopt."""
+exit 2, before any job; without the flag the script never imports modelopt and its rows
+have no ``fastnas`` entry (jobs and FastNAS stubbed: these tests need neither)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -42,3 +44,32 @@ def test_without_the_flag_compare_runs_without_modelopt(no_modelopt, tmp_path, m
                                       str(tmp_path / "bench")])
     no_modelopt.main()
     assert len(seen) == 1 and seen[0].fastnas is False
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_compare_rows_have_a_fastnas_entry_only_with_the_flag(no_modelopt, tmp_path,
+                                                             monkeypatch, capsys, flag):
+    calls = []
+    outcome = object()
+    monkeypatch.setattr(no_modelopt, "run_job", lambda spec, out, overwrite: outcome)
+    monkeypatch.setattr(no_modelopt, "_summarise", lambda o, **f: {
+        "job": f["name"], "search": None, "int8": None, "uniform": None,
+        "wall_seconds": 1.0})
+
+    def fastnas_row(spec, got, *, probes, say):
+        calls.append((spec.budget.latency_fraction, got, probes))
+        return {"val": 0.5, "test": 0.25}
+
+    monkeypatch.setattr(no_modelopt, "fastnas_row", fastnas_row)
+    out = tmp_path / "bench"
+    argv = ["search_quality.py", "compare", "--fractions", "0.4", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv + (["--fastnas", "--fastnas-probes", "3"]
+                                             if flag else []))
+    if flag:  # the flag's check passes: modelopt "installed"
+        monkeypatch.setattr(no_modelopt, "missing", lambda: None)
+    no_modelopt.main()
+    rows = json.loads((out / "compare.json").read_text())
+    assert calls == ([(0.4, outcome, 3)] if flag else [])
+    assert ("fastnas" in rows[0]) is flag
+    table = capsys.readouterr().out
+    assert ("fastnas val/test" in table) is flag and ("0.5000/0.2500" in table) is flag
