@@ -189,8 +189,8 @@ class _FastNAS:
     recalibration is not used: once it has sorted the channels by importance, modelopt
     0.47 slices every sorted BN's running statistics by an index tensor, a copy, so the
     recalibration writes nowhere and the sub-networks are scored with the baseline's
-    statistics (a ResNet-20 inner conv halved scored 0.41 so, 0.865 exported and
-    recalibrated; without the sort both 0.755)."""
+    statistics (the quickstart ResNet-20 with ``layer1.0.conv1`` halved scored 0.41 so,
+    0.865 exported and recalibrated, on 200 validation images; unsorted both 0.755)."""
 
     def __init__(self, baseline, data, spec, checkpoint: Path) -> None:
         import torch
