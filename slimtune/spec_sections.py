@@ -77,7 +77,7 @@ class SpaceSpec(_Strict):
     prune_ratios: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
     bits: tuple[int, ...] = (32, 8)
     # ``layer``: a bit-width per layer (``bits.<layer>``); ``model``: one bit-width for
-    # every layer (``bits.*``), for targets where mixed precision costs a Q/DQ pair at
+    # every layer (``bits:all``), for targets where mixed precision costs a Q/DQ pair at
     # every change (ONNX Runtime on CPU) and a per-layer choice mostly samples those
     bits_per: Literal["layer", "model"] = "layer"
     round_to: int = Field(default=4, ge=1)

@@ -43,7 +43,7 @@ RANK = "rank."
 RECIPE = "recipe."
 SKIP = "skip."
 #: the one bit-width dimension of a ``bits_per: model`` space
-ALL_BITS = BITS + "*"
+ALL_BITS = "bits:all"  # ":" never occurs in a module name; MLflow takes it in a key
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class SearchSpace:
     recipe: Mapping[str, tuple[float | bool, ...]] = field(default_factory=dict)
     # droppable blocks (``skip.<block>``: 0 keeps it, 1 drops it); empty: depth is fixed
     skip: tuple[str, ...] = ()
-    # one bit-width for the whole model (``bits.*``) instead of one per layer: ``bits``
+    # one bit-width for the whole model (``bits:all``) instead of one per layer: ``bits``
     # still lists what each layer allows (a layer left out keeps fp32)
     model_bits: bool = False
     # dimensions left with the one choice "as it is" (``prune.<group>``: 0, ``bits.<layer>``:

@@ -130,7 +130,7 @@ def test_optuna_searchers_tell_redraws_of_known_policies_without_running_them(sp
 
 
 def test_one_bit_width_for_the_whole_model(space):
-    """``space.bits_per: model``: one ``bits.*`` dimension; a layer left out keeps fp32;
+    """``space.bits_per: model``: one ``bits:all`` dimension; a layer left out keeps fp32;
     a mixed-precision policy is outside the space."""
     from dataclasses import replace
 
@@ -169,3 +169,15 @@ def test_bits_per_model_in_the_spec(tmp_path):
     assert SearchSpace.for_spec(spec.space, table, model).model_bits
     with pytest.raises(Exception, match="bits_per"):
         parse_spec({**tiny_job(tmp_path), "space": {"bits_per": "x"}})
+
+
+def test_the_model_bits_dimension_is_a_valid_mlflow_param_key(tmp_path):
+    """Every trial logs its params to MLflow: ``bits:all`` must be a key MLflow takes."""
+    from mlflow.tracking import MlflowClient
+
+    from slimtune.spaces.space import ALL_BITS
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    run = client.create_run(client.create_experiment("keys"))
+    client.log_param(run.info.run_id, ALL_BITS, 8)
+    assert client.get_run(run.info.run_id).data.params[ALL_BITS] == "8"
