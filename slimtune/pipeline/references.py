@@ -16,7 +16,7 @@ from slimtune.spaces import SearchSpace
 
 
 def int8_reference(space: SearchSpace) -> Policy | None:
-    bits = {b for choices in space.bits.values() for b in choices}
+    bits = set(space.all_bits())
     return space.uniform(0.0, 8) if 8 in bits else None
 
 
@@ -24,8 +24,7 @@ def uniform_ladder(space: SearchSpace, screen: Screen) -> list[Policy]:
     """Uniform policies from the mildest predicted-feasible ratio up (each the faster of
     fp32 and int8 as predicted): the first that measures within budget is the reference."""
     ratios = sorted({r for choices in space.ratios.values() for r in choices if r > 0})
-    bits = sorted({b for choices in space.bits.values() for b in choices} & {32, 8},
-                  reverse=True) or [max(b for c in space.bits.values() for b in c)]
+    bits = [b for b in space.all_bits() if b in (32, 8)] or [space.all_bits()[0]]
     ladder = []
     for ratio in ratios:
         options = [space.uniform(ratio, b) for b in bits]
