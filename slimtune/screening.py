@@ -11,7 +11,7 @@ measurements after the first few.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,8 +55,12 @@ class Screen:
         """The QUANTILE of the last WINDOW measured/predicted ratios of ``policy``'s
         precision class (all classes when None; 1 before any), bounded so one outlier
         cannot move it far."""
-        mine = self.ratios if policy is None else [
-            r for r, c in zip(self.ratios, self.classes, strict=True) if c == precision(policy)]
+        return self.margin(None if policy is None else precision(policy))
+
+    def margin(self, of: str | None = None) -> float:
+        """The correction of one precision class (``fp32``, ``int8``; None: all)."""
+        mine = self.ratios if of is None else [
+            r for r, c in zip(self.ratios, self.classes, strict=True) if c == of]
         recent = mine[-WINDOW:]
         if not recent:
             return 1.0
@@ -86,11 +90,37 @@ class Screen:
             if margin:
                 self.ratios.append(measured_ms / raw)
                 self.classes.append(precision(policy))
-            if self.scale_ms is not None:  # the predictor learns on its own scale
-                measured_ms *= self.predict_ms(Policy()) / self.scale_ms
-            self.measured.append((policy, measured_ms))
+            self.measured.append((policy, self._own_scale(measured_ms)))  # its own scale
             if self.refit is not None:
                 self.refit(list(self.measured))
+
+
+    def record_anchors(self, points: Sequence[tuple[Policy, float]]) -> None:
+        """Learn from anchors timed together before the search: the predictor is refit on
+        all of them, and each one's margin ratio is its leave-one-out error (measured over
+        the prediction refit on the others), so the margin is what the refit leaves, not
+        the error of the table before it saw this machine."""
+        points = [(p, m) for p, m in points if m > 0]
+        if self.refit is None:
+            for policy, ms in points:
+                self.record(policy, ms)
+            return
+        own = [(p, self._own_scale(m)) for p, m in points]
+        before = list(self.measured)
+        for i, (policy, ms) in enumerate(points):
+            self.refit(before + [pt for j, pt in enumerate(own) if j != i])
+            raw = self.raw_ms(policy)
+            if raw > 0:
+                self.ratios.append(ms / raw)
+                self.classes.append(precision(policy))
+        self.measured = before + own
+        self.refit(list(self.measured))
+
+    def _own_scale(self, measured_ms: float) -> float:
+        """A measurement in the budget's units put on the predictor's own scale."""
+        if self.scale_ms is None:
+            return measured_ms
+        return measured_ms * self.predict_ms(Policy()) / self.scale_ms
 
 
 def precision(policy: Policy) -> str:

@@ -213,11 +213,14 @@ class FinetuneSpec(_Strict):
 class ScoringSpec(_Strict):
     """How a scoring evaluator scores a candidate: BN statistics re-estimated on
     ``recal_batches`` training batches of ``batch_size``, then top-1 accuracy on the first
-    ``val_size`` validation examples."""
+    ``val_size`` validation examples. With ``anchors``, a few uniform policies of each
+    precision are timed paired before the first candidate is scored, so the latency
+    screen has learnt this machine's int8 and fp32 costs before the searcher hears one."""
 
     val_size: int = Field(default=1000, ge=1)
     recal_batches: int = Field(default=8, ge=0, le=10_000)
     batch_size: int = Field(default=128, ge=1)
+    anchors: bool = True
 
 
 class SupernetSpec(_Strict):

@@ -39,9 +39,9 @@ def reference_lines(outcome: JobOutcome) -> list[str]:
                      f"{searched.test_accuracy or 0:.4f} at {_ratio(searched)} of the "
                      f"baseline (#{searched.trial_id})")
     for r in outcome.results:
-        if not r.reference:
+        if r.reference not in REFERENCE_NAMES:  # a searched row, or a latency anchor
             continue
-        name = REFERENCE_NAMES.get(r.reference, r.reference)
+        name = REFERENCE_NAMES[r.reference]
         if r.stage != "final" or r.accuracy is None:
             lines.append(f"  {name:16s} {_ratio(r)} of the baseline's latency: over the budget"
                          if r.state == "infeasible" else f"  {name:16s} {r.state}")

@@ -6,9 +6,14 @@
 
 Both get the same final fine-tune as the search's winners, so the comparison in the
 summary is of recipes applied alike, not of a search against an untrained baseline.
+
+The latency anchors are not references: uniform policies at each precision, timed before
+the search so the screen's predictor learns what this machine's int8 and fp32 cost.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from slimtune.policy import Policy
 from slimtune.screening import Screen
@@ -32,3 +37,24 @@ def uniform_ladder(space: SearchSpace, screen: Screen) -> list[Policy]:
         if screen.admits(fastest) or ladder:
             ladder.append(fastest)
     return ladder
+
+
+def latency_anchors(space: SearchSpace) -> list[Policy]:
+    """Uniform policies at the middle and the largest prune ratio, once per precision the
+    space has (fp32, int8), plus (per-layer bit-widths only) the middle ratio with int8
+    and fp32 layers alternating: the regions whose cost the layer table mispredicts most
+    (int8 on narrow layers, quantize/dequantize at every precision change). The int8
+    reference and the uniform ladder cover ratio 0 and the mild ratios."""
+    ratios = sorted({r for choices in space.ratios.values() for r in choices if r > 0})
+    bits = [b for b in space.all_bits() if b in (32, 8)]
+    if not ratios or not bits:
+        return []
+    chosen = sorted({ratios[(len(ratios) - 1) // 2], ratios[-1]})
+    anchors = {p.key(): p for p in (space.uniform(r, b) for b in bits for r in chosen)}
+    if set(bits) == {32, 8} and not space.model_bits:
+        int8 = space.uniform(chosen[0], 8)
+        layers = sorted(int8.bits)
+        mixed = replace(int8, bits={n: (8 if i % 2 == 0 else 32) for i, n in
+                                    enumerate(layers)})
+        anchors.setdefault(mixed.key(), mixed)
+    return list(anchors.values())

@@ -11,7 +11,7 @@ from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
 from slimtune.pipeline.finalize import finalize_in_ray
 from slimtune.pipeline.measure import Budget, measure_candidate, measure_candidates
-from slimtune.pipeline.references import int8_reference, uniform_ladder
+from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.result import TrialResult
 from slimtune.screening import Screen
@@ -24,6 +24,8 @@ SCORE_BATCH = 16
 #: uniform ratios tried for the uniform reference before it is given up
 UNIFORM_TRIES = 3
 REFERENCE = "reference"
+#: the ``reference`` label of a latency anchor's row (timed, never fine-tuned)
+ANCHOR = "anchor"
 
 
 @dataclass
@@ -58,7 +60,8 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     pool = ScoringPool(s.evaluator, workers=spec.search.concurrency,
                        cpus=float(spec.target.threads))
     try:
-        refs = _reference_rows(s, pool, first_id=spec.search.candidates)
+        anchors = _anchor_rows(s, pool, first_id=spec.search.candidates)
+        refs = _reference_rows(s, pool, first_id=spec.search.candidates + len(anchors))
         _seed_searcher(s)
         s.timings["references_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -105,22 +108,54 @@ def _seed_searcher(s: ScoringSearch) -> None:
             return
 
 
+def _measure_fixed(s: ScoringSearch, pool: ScoringPool, policy, *, trial_id: int,
+                   label: str) -> TrialResult:
+    """Score and time ``policy`` whatever the screen predicts (the caller tells the
+    screen)."""
+    row = TrialResult(trial_id=trial_id, policy=policy, state="ok", stage="scored",
+                      score=pool.score([policy])[0],
+                      predicted_latency_ms=s.screen.predicted_ms(policy),
+                      budget_ms=s.budget.ms, searcher=ANCHOR if label == ANCHOR else REFERENCE,
+                      reference=label)
+    row = measure_candidate(s.ctx, row, s.baseline, s.budget)
+    s.record(row)
+    return row
+
+
+def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[TrialResult]:
+    """The latency anchors (``scoring.anchors``), timed paired before any candidate is
+    scored, so the screen's predictor and each precision's margin are this machine's
+    today before the searcher is told a single predicted latency."""
+    if not s.ctx.spec.scoring.anchors:
+        return []
+    rows = [_measure_fixed(s, pool, policy, trial_id=first_id + i, label=ANCHOR)
+            for i, policy in enumerate(latency_anchors(s.space))]
+    s.screen.record_anchors([(r.policy, r.latency_ms or 0.0) for r in rows])
+    if rows:
+        s.say("latency anchors: " + ", ".join(
+            f"{_anchor_name(r.policy)} {r.latency_ratio or 0:.2f}x" for r in rows)
+            + f" of the baseline (screen margin fp32 x{s.screen.margin('fp32'):.2f}, "
+            f"int8 x{s.screen.margin('int8'):.2f})")
+    return rows
+
+
+def _anchor_name(policy) -> str:
+    bits = set(policy.bits.values()) or {32}
+    prec = "int8" if bits == {8} else "fp32" if bits == {32} else "mixed"
+    ratio = max(policy.prune.values(), default=0.0)
+    return f"{prec}@{ratio:g}"
+
+
 def _reference_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[TrialResult]:
     """The references (int8 only; the mildest uniform ratio that measures within budget),
-    scored and measured, numbered after the candidates."""
+    scored and measured, numbered after the candidates and anchors."""
     if not s.ctx.spec.finalize.references:
         return []
     rows: list[TrialResult] = []
 
     def add(policy, label: str) -> TrialResult:
-        score = pool.score([policy])[0]
-        row = TrialResult(trial_id=first_id + len(rows), policy=policy, state="ok",
-                          stage="scored", score=score,
-                          predicted_latency_ms=s.screen.predicted_ms(policy),
-                          budget_ms=s.budget.ms, searcher=REFERENCE, reference=label)
-        row = measure_candidate(s.ctx, row, s.baseline, s.budget)
+        row = _measure_fixed(s, pool, policy, trial_id=first_id + len(rows), label=label)
         s.screen.record(policy, row.latency_ms or 0.0, margin=False)
-        s.record(row)
         rows.append(row)
         return row
 
