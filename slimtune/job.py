@@ -14,19 +14,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from slimtune.baseline import prepare_baseline
-from slimtune.chance import ChanceBaselineError, check_above_chance, vanishing_norms
+from slimtune.chance import ChanceBaselineError
 from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
-from slimtune.evaluate.trial_eval import job_reference
-from slimtune.latency import MeasureProtocol, machine_lock
-from slimtune.objective import Objective, evaluate_split
+from slimtune.job_baseline import BaselineFigures, MeasuredBaseline, baseline_stage
+from slimtune.latency import MeasureProtocol
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
-from slimtune.preflight import budget_ms, preflight, print_line, uses_scoring
+from slimtune.preflight import Prepared, preflight, print_line, uses_scoring
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
 from slimtune.resume import (
@@ -42,7 +38,6 @@ from slimtune.resume import (
 from slimtune.search.base import Searcher
 from slimtune.spec import JobSpec
 from slimtune.tracking import PENDING_FILE, Tracker
-from slimtune.trial import TrialContext, deploy, measure
 
 log = logging.getLogger("slimtune")
 
@@ -88,11 +83,54 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
             searcher: Searcher | None = None, resume: bool = False) -> JobOutcome:
     """Run a whole job; see the module docstring. ``searcher`` replaces the spec's
     (``slimtune apply`` runs a FixedSearcher). ``resume`` continues the stopped job in
-    ``out_dir`` (see ``slimtune.resume``)."""
+    ``out_dir`` (see ``slimtune.resume``).
+
+    The stages, each handing the next a typed value: preflight (:class:`Prepared`; every
+    refusal happens there), the output directory (or what a stopped job left in it), the
+    baseline (:class:`MeasuredBaseline`), tracking (the parent run), the searcher, the
+    search (its rows) and the outputs (:class:`JobOutcome`)."""
     start = time.perf_counter()
     out_dir = out_dir.resolve()  # Ray workers run in directories of their own
     protocol = protocol or MeasureProtocol()
-    if resume and searcher is None and uses_scoring(spec):
+    prep = _preflight(spec, out_dir, protocol, resume=resume, overwrite=overwrite,
+                      address=address, verbose=verbose, given=searcher)
+    finished, state = _open_out_dir(spec, out_dir, resume=resume, overwrite=overwrite)
+    tracker = Tracker(spec.tracking_uri, spec.experiment, pending=out_dir / PENDING_FILE)
+    try:
+        try:
+            measured = baseline_stage(prep, out_dir, protocol, state.get("baseline"))
+        except ChanceBaselineError:  # refused before the search: no outputs left
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        parent = _start_tracking(spec, out_dir, tracker, measured.figures, state, finished)
+        storage, study_name = new_study(spec, out_dir)
+        study_name = state.get("study_name") or study_name
+        write_state(out_dir, parent_run_id=parent, study_name=study_name,
+                    baseline=measured.figures.to_dict())
+        searcher = _searcher(prep, measured, searcher, finished, storage=storage,
+                             study_name=study_name, resume=resume)
+        search_start = time.perf_counter()
+        results = _search(prep, measured, searcher, finished, out_dir, tracker,
+                          address=address, verbose=verbose)
+        search_seconds = time.perf_counter() - search_start
+        if getattr(searcher, "agent", None) is not None:  # ppo: keep the trained agent
+            searcher.agent.save(out_dir / "agent.zip")
+            tracker.log_artifacts(parent, [out_dir / "agent.zip"])
+        outcome = _finish(spec, out_dir, tracker, results, measured.figures.to_dict(),
+                          measured.figures.budget_ms, start, search_seconds)
+        tracker.end(parent, "FINISHED")
+        sync_or_stop(tracker, out_dir)
+        return outcome
+    except BaseException as err:
+        tracker.close_on(err)
+        raise
+
+
+def _preflight(spec: JobSpec, out_dir: Path, protocol: MeasureProtocol, *, resume: bool,
+               overwrite: bool, address: str | None, verbose: bool,
+               given: Searcher | None) -> Prepared:
+    """Every check that can refuse the job, before anything is written."""
+    if resume and given is None and uses_scoring(spec):
         raise UserInputError(
             f"--resume continues a search.evaluator: finetune job; this one scores "
             f"candidates ({spec.search.evaluator}): run it again without --resume (its "
@@ -106,196 +144,156 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
 
         connect_target(spec.target.name, spec.target.threads, address, verbose=verbose)
     prep = preflight(spec, protocol)
-    if spec.search.warm_start_from is not None and searcher is None:
+    if spec.search.warm_start_from is not None and given is None:
         from slimtune.agents.transfer import check_warm_start
 
         check_warm_start(spec.search.warm_start_from, prep.table)
     _say(prep.probe_summary)  # after the last check that can refuse the job
+    return prep
+
+
+def _open_out_dir(spec: JobSpec, out_dir: Path, *, resume: bool,
+                  overwrite: bool) -> tuple[list[TrialResult], dict]:
+    """A fresh output directory with ``job.yaml``; or, resuming, the trials a stopped job
+    finished (its unfinished ones cleared) and its saved state."""
     if resume:
         finished = read_finished(out_dir)
         clear_unfinished(out_dir, finished)
-        state = read_state(out_dir)
+        return finished, read_state(out_dir)
+    prepare_out_dir(out_dir, overwrite=overwrite)
+    write_text_atomic(out_dir / "job.yaml", spec.to_yaml())
+    return [], {}
+
+
+def _start_tracking(spec: JobSpec, out_dir: Path, tracker: Tracker, figures: BaselineFigures,
+                    state: dict, finished: list[TrialResult]) -> str:
+    """The job's parent MLflow run: a new one with the spec and the baseline's figures,
+    or (resuming) the stopped job's, its interrupted trial runs closed as KILLED."""
+    if state.get("parent_run_id"):
+        closed = tracker.resume_job(state["parent_run_id"], {
+            r.mlflow_run_id: r for r in finished if r.mlflow_run_id})
+        _say(f"resume: {len(finished)} of {spec.search.trials} trials finished; "
+             f"{closed['killed']} interrupted MLflow runs closed as KILLED")
+        return tracker.parent_id
+    parent = tracker.start_job(spec.name, _flat_params(spec), {"searcher": spec.search.searcher})
+    info = figures.to_dict()
+    tracker.log(parent, metrics={f"baseline_{k}": v for k, v in info.items()
+                                 if isinstance(v, (int, float))})
+    tracker.log(parent, metrics={f"baseline_{k}": v for k, v in
+                                 flat_metrics(figures.metrics).items()})
+    tracker.log_artifacts(parent, [out_dir / "job.yaml"])
+    return parent
+
+
+def _searcher(prep: Prepared, measured: MeasuredBaseline, given: Searcher | None,
+              finished: list[TrialResult], *, storage, study_name: str,
+              resume: bool) -> Searcher:
+    """The spec's searcher (or ``given``: slimtune apply's fixed policy, scored like any
+    other), warm-started and resumed as the spec says, prepared."""
+    from slimtune.search import make_searcher
+
+    spec, figures = prep.spec, measured.figures
+
+    def problem_factory():  # the AMC env's problem, for ppo and agent warm starts
+        from slimtune.envs.problem import problem_from_parts
+
+        return problem_from_parts(spec, prep.data, prep.table, prep.space,
+                                  measured.baseline.model, baseline_ms=figures.latency_ms,
+                                  budget_ms=figures.budget_ms)
+
+    searcher = given or make_searcher(
+        spec.search.searcher, prep.space, seed=spec.search.seed,
+        trials=spec.search.candidates if uses_scoring(spec) else spec.search.trials,
+        warm_start=spec.search.warm_start, storage=storage, study_name=study_name,
+        constraints=spec.constraints, problem_factory=problem_factory)
+    if spec.search.warm_start_from is not None and given is None:
+        from slimtune.agents.transfer import warm_start_policy
+
+        first, lines = warm_start_policy(spec.search.warm_start_from, prep.space,
+                                         problem_factory)
+        for line in lines:
+            _say(f"warm start: {line}")
+        searcher.enqueue(first)
+    if searcher.name == "ppo":
+        _say(f"ppo: training the agent for {spec.agent.timesteps} env steps on the proxy")
+    if resume and given is None:
+        from slimtune.search.resume import resume_searcher
+
+        searcher = resume_searcher(searcher, finished)
+    searcher.prepare()
+    return searcher
+
+
+def _search(prep: Prepared, measured: MeasuredBaseline, searcher: Searcher,
+            finished: list[TrialResult], out_dir: Path, tracker: Tracker, *,
+            address: str | None, verbose: bool) -> list[TrialResult]:
+    """The search through Ray: a scoring search (slimtune.pipeline), or Ray Tune trials
+    that each fine-tune (``search.evaluator: finetune``). Returns every row."""
+    from slimtune.ray_local import start_ray, stop_ray
+
+    spec = prep.spec
+    scoring = uses_scoring(spec)
+    if scoring:
+        _say(f"search: {spec.search.candidates} candidates of {searcher.name} scored by "
+             f"{spec.search.evaluator}; the best {spec.search.trials} timed paired, "
+             f"the top {spec.finalize.top_k} fine-tuned")
     else:
-        prepare_out_dir(out_dir, overwrite=overwrite)
-        write_text_atomic(out_dir / "job.yaml", spec.to_yaml())
-        finished, state = [], {}
-    tracker = Tracker(spec.tracking_uri, spec.experiment, pending=out_dir / PENDING_FILE)
-    progress: Progress | None = None
+        _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
+    start_ray(address, verbose=verbose)
     try:
-        _say(f"baseline {spec.model.describe()} on {spec.data.describe()}: preparing")
-        with machine_lock("shared"):
-            baseline = prepare_baseline(spec, prep.data)
-        ctx = TrialContext(spec=spec, table=prep.table, baseline_state=baseline.model.state_dict(),
-                           data=prep.data, budget_ms=float("inf"),
-                           trials_dir=out_dir / "trials", protocol=protocol)
-        if state.get("baseline"):  # a resumed job keeps its baseline figures and budget
-            base_info = dict(state["baseline"])
-        else:
-            try:
-                base_info = _measure_baseline(ctx, baseline, out_dir / "baseline")
-            except ChanceBaselineError:  # refused before the search: no outputs left
-                shutil.rmtree(out_dir, ignore_errors=True)
-                raise
-        budget = budget_ms(spec, base_info["latency_ms"])
-        base_info.update(budget_ms=budget, fastest_ms=prep.fastest_ms)
-        ctx = replace(ctx, budget_ms=budget)
-        if spec.metric_groups:
-            with machine_lock("shared"):
-                reference = job_reference(ctx, baseline.model, out_dir / "baseline")
-            ctx = replace(ctx, reference=reference)
-            base_info["metrics"] = dict(reference.metrics)
-        _say(f"baseline ({baseline.source}): val accuracy {base_info['accuracy']:.4f}, "
-             f"{base_info['latency_ms']:.3f} ms on {spec.target.runtime}; "
-             f"budget {budget:.3f} ms")
-
-        if state.get("parent_run_id"):
-            closed = tracker.resume_job(state["parent_run_id"], {
-                r.mlflow_run_id: r for r in finished if r.mlflow_run_id})
-            parent = tracker.parent_id
-            _say(f"resume: {len(finished)} of {spec.search.trials} trials finished; "
-                 f"{closed['killed']} interrupted MLflow runs closed as KILLED")
-        else:
-            parent = tracker.start_job(spec.name, _flat_params(spec),
-                                       {"searcher": spec.search.searcher})
-            tracker.log(parent, metrics={f"baseline_{k}": v for k, v in base_info.items()
-                                         if isinstance(v, (int, float))})
-            tracker.log(parent, metrics={f"baseline_{k}": v for k, v in
-                                         flat_metrics(base_info.get("metrics", {})).items()})
-            tracker.log_artifacts(parent, [out_dir / "job.yaml"])
-        storage, study_name = new_study(spec, out_dir)
-        study_name = state.get("study_name") or study_name
-        state = write_state(out_dir, parent_run_id=parent, study_name=study_name,
-                            baseline=base_info)
-
-        from slimtune.ray_local import start_ray, stop_ray
-        from slimtune.search import make_searcher
-        from slimtune.search.tune import run_search
-
-        def problem_factory():  # the AMC env's problem, for ppo and agent warm starts
-            from slimtune.envs.problem import problem_from_parts
-
-            return problem_from_parts(spec, prep.data, prep.table, prep.space, baseline.model,
-                                      baseline_ms=base_info["latency_ms"], budget_ms=budget)
-
-        given = searcher
-        # a given searcher (slimtune apply's fixed policy) is scored like any other: with a
-        # scoring evaluator its policy is scored, timed paired and finalized beside the
-        # references, on this model's own evaluator (its supernet)
-        scoring = uses_scoring(spec)
-        searcher = given or make_searcher(
-            spec.search.searcher, prep.space, seed=spec.search.seed,
-            trials=spec.search.candidates if scoring else spec.search.trials,
-            warm_start=spec.search.warm_start, storage=storage, study_name=study_name,
-            constraints=spec.constraints,
-            problem_factory=problem_factory)
-        if spec.search.warm_start_from is not None and given is None:
-            from slimtune.agents.transfer import warm_start_policy
-
-            first, lines = warm_start_policy(spec.search.warm_start_from, prep.space,
-                                             problem_factory)
-            for line in lines:
-                _say(f"warm start: {line}")
-            searcher.enqueue(first)
-        if searcher.name == "ppo":
-            _say(f"ppo: training the agent for {spec.agent.timesteps} env steps on the proxy")
-        if resume and given is None:
-            from slimtune.search.resume import resume_searcher
-
-            searcher = resume_searcher(searcher, finished)
-        searcher.prepare()
-        results: list[TrialResult] = list(finished)
-        remaining = max(spec.search.trials - len(finished), 0)
-        runs: dict[int, str] = {}
-
-        def on_suggest(number: int, policy: Policy) -> None:
-            params = prep.space.params_from_policy(policy)
-            # the recipe a policy carries is logged even where the space does not search it
-            params.update({f"recipe.{k}": v for k, v in policy.recipe.items()})
-            runs[number] = tracker.start_trial(number, params, searcher.name)
-
-        def on_complete(result: TrialResult) -> None:
-            run_id = runs.pop(result.trial_id)
-            result = replace(result, mlflow_run_id=run_id, budget_ms=budget,
-                             searcher=searcher.name)
-            append_trial(out_dir, result)  # first: a finished trial is never lost
-            tracker.end_trial(run_id, result)
-            if tracker.degraded:
-                tracker.sync()
-            results.append(result)
-            progress.update(results)
-
-        search_start = time.perf_counter()
         if scoring:
-            _say(f"search: {spec.search.candidates} candidates of {searcher.name} scored by "
-                 f"{spec.search.evaluator}; the best {spec.search.trials} timed paired, "
-                 f"the top {spec.finalize.top_k} fine-tuned")
-        else:
-            _say(f"search: {spec.search.trials} trials of {searcher.name} through Ray Tune")
-        start_ray(address, verbose=verbose)
-        try:
-            if scoring:
-                from slimtune.pipeline.job import scoring_search
+            from slimtune.pipeline.job import scoring_search
 
-                results = scoring_search(ctx, prep.space, searcher, baseline.model, base_info,
-                                         out_dir, tracker, say=_say)
-            else:
-                progress = Progress(spec.search.trials, budget)
-                if remaining:
-                    run_search(ctx, searcher, trials=remaining,
-                               concurrency=spec.search.concurrency,
-                               on_suggest=on_suggest, on_complete=on_complete,
-                               trial_ids=free_ids((r.trial_id for r in finished), remaining))
-        except KeyboardInterrupt:  # Ctrl-C or `slimtune stop`: close runs before Ray's
-            tracker.close_all("KILLED")  # shutdown, which can outlast a stop's grace time
-            stop_ray(force=True)  # a stopped job's trials stop now, not at exit
-            raise
-        finally:
-            stop_ray()  # a cluster's connection ends; a local Ray is kept for the process
-        search_seconds = time.perf_counter() - search_start
-        if progress is not None:
-            progress.close()
-        if getattr(searcher, "agent", None) is not None:  # ppo: keep the trained agent
-            searcher.agent.save(out_dir / "agent.zip")
-            tracker.log_artifacts(parent, [out_dir / "agent.zip"])
-        outcome = _finish(spec, out_dir, tracker, results, base_info, budget, start,
-                          search_seconds)
-        tracker.end(parent, "FINISHED")
-        sync_or_stop(tracker, out_dir)
-        return outcome
-    except BaseException as err:
-        tracker.close_on(err)
+            return scoring_search(measured.ctx, prep.space, searcher, measured.baseline.model,
+                                  measured.figures.latency_ms, out_dir, tracker, say=_say)
+        return _tune_trials(prep, measured, searcher, finished, out_dir, tracker)
+    except KeyboardInterrupt:  # Ctrl-C or `slimtune stop`: close runs before Ray's
+        tracker.close_all("KILLED")  # shutdown, which can outlast a stop's grace time
+        stop_ray(force=True)  # a stopped job's trials stop now, not at exit
         raise
     finally:
-        if progress is not None:
-            progress.close()
+        stop_ray()  # a cluster's connection ends; a local Ray is kept for the process
 
 
-def _measure_baseline(ctx: TrialContext, baseline, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    from slimtune.compress import count_macs_params, packed_size_bytes
+def _tune_trials(prep: Prepared, measured: MeasuredBaseline, searcher: Searcher,
+                 finished: list[TrialResult], out_dir: Path,
+                 tracker: Tracker) -> list[TrialResult]:
+    """``search.trials`` Ray Tune trials (those a resumed job still lacks), each an MLflow
+    child run opened at suggestion and closed with its row in ``trials.jsonl``."""
+    from slimtune.search.tune import run_search
 
-    with machine_lock("shared"):
-        deployed = deploy(ctx, baseline.model, Policy(), out / "model.onnx")
-    stats = measure(ctx, deployed)
-    threads = ctx.spec.target.threads
-    with machine_lock("shared"):
-        run, objective = deployed.runner(threads), Objective.of(ctx.spec)
-        val, _ = evaluate_split(objective, run, ctx.data.val)
-        test, _ = evaluate_split(objective, run, ctx.data.test)
-        check_chance = objective.logits and not ctx.spec.baseline.allow_chance
-        val_logits = deployed.logits(ctx.data.val, threads) if check_chance else None
-    if val_logits is not None:
-        warning = check_above_chance(np.asarray(val_logits), ctx.data.val.y.numpy(),
-                                     ctx.data.num_classes, source=baseline.source,
-                                     hint=vanishing_norms(baseline.model))
-        if warning:
-            _say(f"warning: {warning}")
-    macs, params = count_macs_params(baseline.model, ctx.data.input_shape)
-    return {"accuracy": val, "test_accuracy": test, "latency_ms": stats.median_ms,
-            "latency_p10_ms": stats.p10_ms, "latency_p90_ms": stats.p90_ms,
-            "size_bytes": packed_size_bytes(baseline.model, ctx.table, Policy()),
-            "macs": macs, "params": params, "source": baseline.source,
-            "train_seconds": baseline.train_seconds, "cache_key": baseline.cache_key}
+    spec, budget = prep.spec, measured.figures.budget_ms
+    results: list[TrialResult] = list(finished)
+    remaining = max(spec.search.trials - len(finished), 0)
+    runs: dict[int, str] = {}
+    progress = Progress(spec.search.trials, budget)
+
+    def on_suggest(number: int, policy: Policy) -> None:
+        params = prep.space.params_from_policy(policy)
+        # the recipe a policy carries is logged even where the space does not search it
+        params.update({f"recipe.{k}": v for k, v in policy.recipe.items()})
+        runs[number] = tracker.start_trial(number, params, searcher.name)
+
+    def on_complete(result: TrialResult) -> None:
+        run_id = runs.pop(result.trial_id)
+        result = replace(result, mlflow_run_id=run_id, budget_ms=budget,
+                         searcher=searcher.name)
+        append_trial(out_dir, result)  # first: a finished trial is never lost
+        tracker.end_trial(run_id, result)
+        if tracker.degraded:
+            tracker.sync()
+        results.append(result)
+        progress.update(results)
+
+    try:
+        if remaining:
+            run_search(measured.ctx, searcher, trials=remaining,
+                       concurrency=spec.search.concurrency, on_suggest=on_suggest,
+                       on_complete=on_complete,
+                       trial_ids=free_ids((r.trial_id for r in finished), remaining))
+    finally:
+        progress.close()
+    return results
 
 
 def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],

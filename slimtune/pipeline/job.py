@@ -64,12 +64,12 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
 
 
 def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
-                   baseline: nn.Module, base_info: dict[str, Any], out_dir: Path,
+                   baseline: nn.Module, baseline_ms: float, out_dir: Path,
                    tracker: Tracker, *, say: Callable[[str], None]) -> list[TrialResult]:
-    """Run the scoring search of a job whose baseline is measured (``base_info``)."""
+    """Run the scoring search of a job whose baseline measured ``baseline_ms``."""
     spec = ctx.spec
     budget = Budget(ms=ctx.budget_ms, fraction=spec.budget.latency_fraction,
-                    baseline_ms=float(base_info["latency_ms"]))
+                    baseline_ms=float(baseline_ms))
     screen = build_screen(ctx, baseline, budget, say)
     say(f"evaluator {spec.search.evaluator}: building")
     evaluator = build_evaluator(ctx, baseline, space, say)
