@@ -129,8 +129,10 @@ def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[Tri
     today before the searcher is told a single predicted latency."""
     if not s.ctx.spec.scoring.anchors:
         return []
+    anchors = latency_anchors(s.space)
+    pool.score(anchors)  # one batch, first: no actor starts up while an anchor is timed
     rows = [_measure_fixed(s, pool, policy, trial_id=first_id + i, label=ANCHOR)
-            for i, policy in enumerate(latency_anchors(s.space))]
+            for i, policy in enumerate(anchors)]
     s.screen.record_anchors([(r.policy, r.latency_ms or 0.0) for r in rows])
     if rows:
         s.say("latency anchors: " + ", ".join(
