@@ -134,35 +134,6 @@ def test_scoring_never_scores_or_measures_a_candidate_predicted_beyond_the_slack
     assert any(within) and within == sorted(within, reverse=True)  # strict ones first
 
 
-def test_near_boundary_candidates_are_timed_only_while_too_few_met_the_budget(monkeypatch):
-    """Predicted within budget: always timed (up to ``count``); predicted within SLACK
-    of it: only while fewer than ``enough`` measured within budget."""
-    def row(i, ms):
-        return TrialResult(trial_id=i, policy=Policy(prune={"a": i / 10}), state="ok",
-                           stage="scored", score=1.0 - i / 10, predicted_latency_ms=ms)
-
-    predicted = {0: 0.8, 1: 0.9, 2: 1.1, 3: 1.2}  # 0, 1 strict; 2, 3 near the boundary
-    screen = Screen(lambda p: predicted[round(p.prune["a"] * 10)], budget_ms=1.0)
-
-    def fake_measure(ctx_, r, baseline, budget):
-        ms = predicted[r.trial_id]
-        return replace(r, stage="measured", state="ok" if ms <= 1.0 else "infeasible",
-                       latency_ms=ms, latency_ratio=ms)
-
-    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
-    rows = [row(i, ms) for i, ms in predicted.items()]
-    budget = Budget(ms=1.0, fraction=None, baseline_ms=1.0)
-
-    def timed(enough):
-        return [r.trial_id for r in measure_candidates(
-            None, rows, Screen(screen.predict_ms, 1.0), count=4, baseline=None,
-            budget=budget, on_row=lambda r: None, enough=enough)]
-
-    assert timed(enough=2) == [0, 1]  # two met the budget: no near-boundary timing
-    assert timed(enough=3) == [0, 1, 2, 3]
-    assert timed(enough=None) == [0, 1, 2, 3]
-
-
 def test_measurement_order_times_the_best_scores_first_each_policy_once():
     def row(i, score, ms, ratio=None):
         return TrialResult(trial_id=i, policy=Policy(prune={"a": ratio if ratio is not None

@@ -78,8 +78,7 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     # a candidate with a reference's policy is the search finding that reference: it is
     # timed and finalized as its own row (its own fine-tune seed), not skipped
     measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
-                                  baseline=s.baseline, budget=s.budget, on_row=s.record,
-                                  enough=spec.finalize.top_k)
+                                  baseline=s.baseline, budget=s.budget, on_row=s.record)
     s.timings["measure_s"] = time.perf_counter() - t2
     within = sorted((r for r in measured if r.feasible), key=lambda r: -(r.score or 0.0))
     s.say(f"measured {len(measured)} candidates paired with the baseline: {len(within)} "
