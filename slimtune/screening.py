@@ -94,7 +94,6 @@ class Screen:
             if self.refit is not None:
                 self.refit(list(self.measured))
 
-
     def record_anchors(self, points: Sequence[tuple[Policy, float]]) -> None:
         """Learn from anchors timed together before the search: the predictor is refit on
         all of them, and each one's margin ratio is its leave-one-out error (measured over

@@ -13,6 +13,7 @@ from slimtune.pipeline.finalize import finalize_in_ray
 from slimtune.pipeline.measure import Budget, measure_candidate, measure_candidates
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
 from slimtune.pipeline.score import ScoringPool, score_candidates
+from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.screening import Screen
 from slimtune.search.base import Searcher
@@ -108,7 +109,7 @@ def _seed_searcher(s: ScoringSearch) -> None:
             return
 
 
-def _measure_fixed(s: ScoringSearch, pool: ScoringPool, policy, *, trial_id: int,
+def _measure_fixed(s: ScoringSearch, pool: ScoringPool, policy: Policy, *, trial_id: int,
                    label: str) -> TrialResult:
     """Score and time ``policy`` whatever the screen predicts (the caller tells the
     screen)."""
@@ -141,9 +142,9 @@ def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[Tri
     return rows
 
 
-def _anchor_name(policy) -> str:
-    bits = set(policy.bits.values()) or {32}
-    prec = "int8" if bits == {8} else "fp32" if bits == {32} else "mixed"
+def _anchor_name(policy: Policy) -> str:
+    bits = {policy.bits_of(n) <= 8 for n in policy.bits} or {False}
+    prec = "mixed" if len(bits) == 2 else "int8" if bits == {True} else "fp32"
     ratio = max(policy.prune.values(), default=0.0)
     return f"{prec}@{ratio:g}"
 
