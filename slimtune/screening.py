@@ -50,6 +50,8 @@ class Screen:
     # the precision class of each ratio (see ``precision``): the predictor errs apart on
     # fp32 graphs and on graphs with int8 layers, so each class learns its own margin
     classes: list[str] = field(default_factory=list)
+    # policies this job has timed (key -> ms, the budget's units): predicted as measured
+    known: dict[str, float] = field(default_factory=dict)
 
     def correction(self, policy: Policy | None = None) -> float:
         """The QUANTILE of the last WINDOW measured/predicted ratios of ``policy``'s
@@ -74,7 +76,11 @@ class Screen:
         return ms / max(self.predict_ms(Policy()), 1e-9) * self.scale_ms
 
     def predicted_ms(self, policy: Policy) -> float:
-        """The predictor's figure times the learnt correction."""
+        """The predictor's figure times the learnt correction; for a policy this job has
+        timed (an anchor, a reference, a candidate), its measurement."""
+        known = self.known.get(policy.key())
+        if known is not None:
+            return known
         return self.raw_ms(policy) * self.correction(policy)
 
     def admits(self, policy: Policy, slack: float = 1.0) -> bool:
@@ -86,6 +92,8 @@ class Screen:
         (the references: uniform policies, another region of the space than the search's)
         refits the predictor without moving the margin the searched candidates get."""
         raw = self.raw_ms(policy)  # before the refit: an out-of-sample error
+        if measured_ms > 0:
+            self.known[policy.key()] = measured_ms
         if raw > 0 and measured_ms > 0:
             if margin:
                 self.ratios.append(measured_ms / raw)
@@ -100,6 +108,7 @@ class Screen:
         the prediction refit on the others), so the margin is what the refit leaves, not
         the error of the table before it saw this machine."""
         points = [(p, m) for p, m in points if m > 0]
+        self.known.update((p.key(), m) for p, m in points)
         if self.refit is None:
             for policy, ms in points:
                 self.record(policy, ms)

@@ -120,3 +120,16 @@ def test_a_scoring_search_times_its_anchors_before_scoring_and_never_finalizes_t
     run_scoring_search(replace(s, ctx=off, rows={}, screen=Screen(lambda p: 1.0, 100.0),
                                searcher=RandomSearcher(space, seed=0, trials=6)))
     assert ANCHOR not in timed
+
+
+def test_a_policy_the_job_has_timed_is_predicted_as_measured():
+    """The int8 reference measured 0.51x where the margined table said 0.71x: the search's
+    candidate with that policy must be screened and ordered by the measurement."""
+    int8 = Policy(bits={"conv": 8})
+    pruned = Policy(prune={"g": 0.5}, bits={"conv": 8})
+    screen = Screen(lambda p: 7.1, budget_ms=6.0)
+    screen.record_anchors([(pruned, 14.2)])  # the margin doubles every int8 prediction
+    assert screen.predicted_ms(pruned) == pytest.approx(14.2)
+    assert not screen.admits(int8)
+    screen.record(int8, 5.1, margin=False)  # the reference, timed
+    assert screen.predicted_ms(int8) == pytest.approx(5.1) and screen.admits(int8)
