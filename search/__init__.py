@@ -51,7 +51,7 @@ def make_searcher(name: str, space: SearchSpace, *, seed: int, trials: int,
 def uniform_anchors(space: SearchSpace) -> list[Policy]:
     """Uniform policies that are usually feasible and strong: int8 unpruned, fp32 half."""
     bits = {b for choices in space.bits.values() for b in choices}
-    ratios = sorted({r for choices in space.ratios.values() for r in choices})
+    ratios = list(space.all_ratios())
     anchors = []
     if 8 in bits:
         anchors.append(space.uniform(0.0, 8))

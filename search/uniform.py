@@ -23,7 +23,7 @@ class UniformSearcher(Searcher):
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, trials: int = 16) -> None:
         super().__init__(space, seed=seed, trials=trials)
-        ratios = sorted({r for rs in space.ratios.values() for r in rs})
+        ratios = list(space.all_ratios())
         bits = list(space.all_bits())
         ranks = sorted({f for fs in space.rank.values() for f in fs} | {1.0}, reverse=True)
         grid = [(r, b, k) for r in ratios for b in bits for k in ranks]

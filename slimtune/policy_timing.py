@@ -41,7 +41,7 @@ def calibration_set(space: SearchSpace, n_random: int, *, seed: int = 0) -> list
     """Uniform anchors (every ratio allowed, fp32 and all-int8) plus random policies (per
     layer: the predictor's calibration does not depend on ``space.bits_per``)."""
     space = replace(space, model_bits=False)
-    ratios = sorted({r for rs in space.ratios.values() for r in rs})
+    ratios = list(space.all_ratios())
     picks = [ratios[0], ratios[len(ratios) // 2], ratios[-1]]
     if len(ratios) > 3:
         picks.append(ratios[len(ratios) // 4])

@@ -179,6 +179,10 @@ class SearchSpace:
         return len(self.ratios) + bits + len(self.sparsity) + len(self.clusters) \
             + len(self.recipe) + len(self.rank) + len(self.skip)
 
+    def all_ratios(self) -> tuple[float, ...]:
+        """Every prune ratio some group allows, ascending (0 included)."""
+        return tuple(sorted({r for rs in self.ratios.values() for r in rs}))
+
     def all_bits(self) -> tuple[int, ...]:
         """Every bit-width some layer allows, widest first."""
         return tuple(sorted({b for bs in self.bits.values() for b in bs}, reverse=True))

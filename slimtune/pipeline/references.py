@@ -28,7 +28,7 @@ def int8_reference(space: SearchSpace) -> Policy | None:
 def uniform_ladder(space: SearchSpace, screen: Screen) -> list[Policy]:
     """Uniform policies from the mildest predicted-feasible ratio up (each the faster of
     fp32 and int8 as predicted): the first that measures within budget is the reference."""
-    ratios = sorted({r for choices in space.ratios.values() for r in choices if r > 0})
+    ratios = [r for r in space.all_ratios() if r > 0]
     bits = [b for b in space.all_bits() if b in (32, 8)] or [space.all_bits()[0]]
     ladder = []
     for ratio in ratios:
@@ -45,7 +45,7 @@ def latency_anchors(space: SearchSpace) -> list[Policy]:
     and fp32 layers alternating: the regions whose cost the layer table mispredicts most
     (int8 on narrow layers, quantize/dequantize at every precision change). The int8
     reference and the uniform ladder cover ratio 0 and the mild ratios."""
-    ratios = sorted({r for choices in space.ratios.values() for r in choices if r > 0})
+    ratios = [r for r in space.all_ratios() if r > 0]
     bits = [b for b in space.all_bits() if b in (32, 8)]
     if not ratios or not bits:
         return []

@@ -99,7 +99,7 @@ def _seed_searcher(s: ScoringSearch) -> None:
     """Put the uniform grid (every ratio, at each bit-width) first in the searcher's
     queue: cheap to score, and it shows a model-based sampler where good policies lie
     before it samples at random. Searchers without a queue (uniform) are left alone."""
-    ratios = sorted({r for rs in s.space.ratios.values() for r in rs})
+    ratios = s.space.all_ratios()
     bits = s.space.all_bits()
     grid = {p.key(): p for p in (s.space.uniform(r, b) for r in ratios for b in bits)}
     for policy in list(grid.values())[:s.ctx.spec.search.candidates // 4]:
