@@ -5,11 +5,18 @@ interleaved (round r times both, then round r+1) lets a burst slow both, and the
 of their medians stays put; ``budget.latency_fraction`` is checked on that ratio. The
 candidate's ms figure is the ratio times the baseline's reference median (measured once
 at the start of the job), so figures stay comparable across the job.
+
+Pairing cancels a burst within a timing, not the drift between timings: on the 2-core
+development machine the same int8 ResNet-20 measured 0.50x, 0.53x, 0.55x and 0.60x of
+its baseline in four paired timings within three minutes. So an architecture timed more than
+once (an anchor, a reference, a candidate, its final model) is judged on all its rounds
+(:func:`pooled`, kept per policy by :class:`PairedTimings`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,46 @@ class PairedLatency:
     def to_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "candidate": self.candidate.to_dict(),
                 "baseline": self.baseline.to_dict()}
+
+
+def pooled(timings: Sequence[PairedLatency]) -> PairedLatency:
+    """Several paired timings of one architecture as one: every round of each, the ratio
+    the median of all the rounds' ratios (one timing is returned as it is)."""
+    if not timings:
+        raise ValueError("pooled() needs at least one timing")
+    if len(timings) == 1:
+        return timings[0]
+    cand = _pooled_stats([t.candidate for t in timings])
+    base = _pooled_stats([t.baseline for t in timings])
+    return PairedLatency(paired_ratio(cand, base), cand, base)
+
+
+def _pooled_stats(stats: Sequence[LatencyStats]) -> LatencyStats:
+    """One model's figures over the rounds of several timings: the median is the median
+    of all round medians (as one interleaved timing's is), spread figures the widest."""
+    rounds = tuple(m for s in stats for m in s.round_medians_ms)
+    samples = sum(s.samples for s in stats)
+    return replace(stats[0], median_ms=float(np.median(rounds)),
+                   p10_ms=min(s.p10_ms for s in stats), p90_ms=max(s.p90_ms for s in stats),
+                   mean_ms=sum(s.mean_ms * s.samples for s in stats) / max(samples, 1),
+                   cv=max(s.cv for s in stats), samples=samples, rounds=len(rounds),
+                   rejected_rounds=sum(s.rejected_rounds for s in stats),
+                   round_medians_ms=rounds, cached=False)
+
+
+@dataclass
+class PairedTimings:
+    """Every paired timing this job made, by policy key: what :func:`pooled` judges."""
+
+    by_policy: dict[str, list[PairedLatency]] = field(default_factory=dict)
+
+    def add(self, key: str, timing: PairedLatency) -> PairedLatency:
+        """Keep ``timing``; returns the policy's pooled timing."""
+        self.by_policy.setdefault(key, []).append(timing)
+        return pooled(self.by_policy[key])
+
+    def of(self, key: str) -> tuple[PairedLatency, ...]:
+        return tuple(self.by_policy.get(key, ()))
 
 
 def paired_ratio(candidate: LatencyStats, baseline: LatencyStats) -> float:

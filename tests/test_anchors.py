@@ -84,7 +84,7 @@ def test_a_scoring_search_times_its_anchors_before_scoring_and_never_finalizes_t
     seen_by_scoring: list[int] = []
     finalized: list = []
 
-    def fake_measure(ctx_, row, baseline, budget):
+    def fake_measure(ctx_, row, baseline, budget, timings=None):
         timed.append(row.reference or "candidate")
         ms = 1.0 + sum(row.policy.prune.values())
         return replace(row, stage="measured", state="ok", latency_ms=ms, latency_ratio=0.5)

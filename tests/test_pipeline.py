@@ -119,7 +119,7 @@ def test_scoring_never_scores_or_measures_a_candidate_predicted_beyond_the_slack
 
     measured_keys: list[str] = []
 
-    def fake_measure(ctx_, row, baseline, budget):
+    def fake_measure(ctx_, row, baseline, budget, timings=None):
         measured_keys.append(row.policy.key())  # as predicted: the margin stays 1
         ms = predict(row.policy)
         return replace(row, stage="measured", state="ok", latency_ms=ms, latency_ratio=ms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from slimtune.evaluators.base import Evaluator
 from slimtune.finetune import finetune
 from slimtune.latency import machine_lock
+from slimtune.paired import PairedLatency, PairedTimings
 from slimtune.pipeline.measure import Budget, paired_timing
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
@@ -33,9 +35,11 @@ def final_recipe(spec: JobSpec, train_size: int) -> JobSpec:
 
 
 def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult,
-                       baseline: Any, budget: Budget) -> TrialResult:
+                       baseline: Any, budget: Budget,
+                       earlier: Sequence[PairedLatency] = ()) -> TrialResult:
     """Fine-tune ``row``'s policy from the evaluator's network (distillation from the
-    baseline), deploy it into ``trials/ID/`` and evaluate it: a ``final`` row."""
+    baseline), deploy it into ``trials/ID/`` and evaluate it: a ``final`` row, its latency
+    judged on its own timing pooled with the ``earlier`` timings of its architecture."""
     start = time.perf_counter()
     spec = final_recipe(ctx.spec, len(ctx.data.train))
     ctx = replace(ctx, spec=spec)
@@ -46,14 +50,15 @@ def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult
         finetune(model, teacher, ctx.table, row.policy, spec, ctx.data.train,
                  seed=spec.search.seed + row.trial_id)
     fields = evaluate_deployed(ctx, model, row.policy, ctx.trials_dir / str(row.trial_id),
-                               timing=paired_timing(ctx, baseline, budget))
+                               timing=paired_timing(ctx, baseline, budget, earlier))
     return replace(row, **fields, finetune_steps=spec.finetune.steps,
                    seconds=row.seconds + time.perf_counter() - start)
 
 
 def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialResult],
                     baseline: Any, budget: Budget, on_row, *,
-                    references: Evaluator | None = None) -> list[TrialResult]:
+                    references: Evaluator | None = None,
+                    timings: PairedTimings | None = None) -> list[TrialResult]:
     """Each candidate's final stage as a Ray task (``target.threads`` CPUs each, at most
     ``search.concurrency`` at once); a task that raises gives a ``failed`` row.
 
@@ -76,7 +81,8 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
         while pending and len(running) < ctx.spec.search.concurrency:
             row = pending.pop(0)
             ev_ref = plain_ref if row.reference else searched_ref
-            running[task.remote(ctx_ref, ev_ref, row, baseline, budget, env)] = row
+            earlier = timings.of(row.policy.key()) if timings is not None else ()
+            running[task.remote(ctx_ref, ev_ref, row, baseline, budget, env, earlier)] = row
         ready, _ = ray.wait(list(running), num_returns=1)
         row = running.pop(ready[0])
         try:
@@ -90,6 +96,7 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
 
 
 def _finalize_task(ctx: TrialContext, evaluator: Evaluator, row: TrialResult, baseline: Any,
-                   budget: Budget, env: dict[str, str] | None = None) -> TrialResult:
+                   budget: Budget, env: dict[str, str] | None = None,
+                   earlier: Sequence[PairedLatency] = ()) -> TrialResult:
     adopt_env(env)
-    return finalize_candidate(ctx, evaluator, row, baseline, budget)
+    return finalize_candidate(ctx, evaluator, row, baseline, budget, earlier)

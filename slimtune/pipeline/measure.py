@@ -11,10 +11,16 @@ from typing import Any
 from slimtune.compress import count_macs_params, packed_size_bytes
 from slimtune.latency import machine_lock
 from slimtune.methods.apply import compressed_structure
-from slimtune.paired import PairedLatency, measure_paired, scaled
+from slimtune.paired import PairedLatency, PairedTimings, measure_paired, pooled, scaled
 from slimtune.result import TrialResult
 from slimtune.screening import SLACK, Screen
 from slimtune.trial import TrialContext, deploy
+
+#: a pooled timing within this fraction of the budget is within this machine's drift
+#: between timings (see ``slimtune.paired``): the budget decision is not yet made
+EDGE = 0.1
+#: paired timings of one architecture at most, before a decision at the edge stands
+MAX_TIMINGS = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,12 @@ class Budget:
             return paired.ratio <= self.fraction
         return paired.candidate.median_ms <= self.ms
 
+    def near(self, paired: PairedLatency) -> bool:
+        """Within ``EDGE`` of the budget: another timing may turn the decision."""
+        figure, limit = ((paired.ratio, self.fraction) if self.fraction is not None
+                         else (paired.candidate.median_ms, self.ms))
+        return abs(figure / limit - 1.0) <= EDGE
+
     def latency_ms(self, paired: PairedLatency) -> float:
         """The figure reported as ``latency_ms``: the ratio on the reference scale for a
         fractional budget, the candidate's own median for an ms budget."""
@@ -38,23 +50,33 @@ class Budget:
             else paired.candidate.median_ms
 
 
-def paired_timing(ctx: TrialContext, baseline: Any, budget: Budget):
+def paired_timing(ctx: TrialContext, baseline: Any, budget: Budget,
+                  earlier: Sequence[PairedLatency] = ()):
     """A ``slimtune.trial.Timing``: the deployed model timed paired with ``baseline``
-    (the baseline's .onnx, or its module for the torch runtime)."""
+    (the baseline's .onnx, or its module for the torch runtime), judged on its rounds
+    pooled with ``earlier`` timings of the same architecture."""
 
     def timing(deployed: Any) -> tuple[Any, float, bool]:
         subject = deployed.onnx_path or deployed.model
-        paired = measure_paired(subject, baseline, ctx.spec.target, ctx.data.input_shape)
-        factor = budget.latency_ms(paired) / max(paired.candidate.median_ms, 1e-12)
-        return scaled(paired.candidate, factor), paired.ratio, budget.met(paired)
+        paired = pooled([*earlier, measure_paired(subject, baseline, ctx.spec.target,
+                                                  ctx.data.input_shape)])
+        return judged(paired, budget)
 
     return timing
 
 
+def judged(paired: PairedLatency, budget: Budget) -> tuple[Any, float, bool]:
+    """(the candidate's stats on the budget's scale, the ratio, within the budget)."""
+    factor = budget.latency_ms(paired) / max(paired.candidate.median_ms, 1e-12)
+    return scaled(paired.candidate, factor), paired.ratio, budget.met(paired)
+
+
 def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,
-                      budget: Budget) -> TrialResult:
+                      budget: Budget, timings: PairedTimings | None = None) -> TrialResult:
     """Deploy ``row``'s policy (its architecture: weights do not move latency) and time it
-    paired with the baseline: a ``measured`` row."""
+    paired with the baseline: a ``measured`` row, judged on every timing ``timings`` holds
+    of that policy (this one kept there)."""
+    timings = timings if timings is not None else PairedTimings()
     policy = row.policy
     with machine_lock("shared"):
         model = compressed_structure(ctx.baseline_model(), ctx.table, policy,
@@ -63,7 +85,9 @@ def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,
     with tempfile.TemporaryDirectory(prefix="slimtune-measure-") as tmp:
         with machine_lock("shared"):
             deployed = deploy(ctx, model, policy, Path(tmp) / "candidate.onnx")
-        stats, ratio, met = paired_timing(ctx, baseline, budget)(deployed)
+        paired = measure_paired(deployed.onnx_path or deployed.model, baseline,
+                                ctx.spec.target, ctx.data.input_shape)
+    stats, ratio, met = judged(timings.add(policy.key(), paired), budget)
     return replace(row, stage="measured", state="ok" if met else "infeasible",
                    latency_ms=stats.median_ms, latency=stats.to_dict(), latency_ratio=ratio,
                    macs=macs, params=params,
@@ -82,7 +106,8 @@ def measurement_order(rows: Sequence[TrialResult]) -> list[TrialResult]:
 
 def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: Screen, *,
                        count: int, baseline: Any, budget: Budget,
-                       on_row: Callable[[TrialResult], None]) -> list[TrialResult]:
+                       on_row: Callable[[TrialResult], None],
+                       timings: PairedTimings | None = None) -> list[TrialResult]:
     """Time up to ``count`` candidates in :func:`measurement_order`, re-screening each
     with the margin the measurements so far have taught: those predicted within budget
     first, then (if fewer than ``count``) those within ``screening.SLACK`` of it; each
@@ -100,9 +125,34 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
                 return measured
             if row.trial_id in timed or not screen.admits(row.policy, slack=slack):
                 continue
-            done = measure_candidate(ctx, row, baseline, budget)
+            done = measure_candidate(ctx, row, baseline, budget, timings)
             screen.record(row.policy, done.latency_ms or 0.0)
             on_row(done)
             measured.append(done)
             timed.add(row.trial_id)
     return measured
+
+
+def settle_the_edge(ctx: TrialContext, rows: Sequence[TrialResult], *, take: int,
+                    baseline: Any, budget: Budget, timings: PairedTimings,
+                    on_row: Callable[[TrialResult], None],
+                    screen: Screen | None = None) -> list[TrialResult]:
+    """Time again the measured rows the final stage would take or turn down by drift:
+    best score first until ``take`` are within the budget, each whose pooled timing is
+    within ``EDGE`` of the budget is timed again (``MAX_TIMINGS`` in all) and judged on
+    all its rounds. Returns ``rows`` with those rows advanced, in the same order."""
+    out = {r.trial_id: r for r in rows}
+    within = 0
+    for row in sorted(rows, key=lambda r: -(r.score or 0.0)):
+        if within >= take:
+            break
+        key = row.policy.key()
+        while (0 < len(timings.of(key)) < MAX_TIMINGS
+               and budget.near(pooled(timings.of(key)))):
+            row = measure_candidate(ctx, row, baseline, budget, timings)
+            if screen is not None:
+                screen.known[key] = row.latency_ms or 0.0
+            on_row(row)
+        out[row.trial_id] = row
+        within += row.feasible
+    return [out[r.trial_id] for r in rows]

@@ -9,8 +9,14 @@ from typing import Any
 
 from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
+from slimtune.paired import PairedTimings
 from slimtune.pipeline.finalize import finalize_in_ray
-from slimtune.pipeline.measure import Budget, measure_candidate, measure_candidates
+from slimtune.pipeline.measure import (
+    Budget,
+    measure_candidate,
+    measure_candidates,
+    settle_the_edge,
+)
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.policy import Policy
@@ -47,6 +53,8 @@ class ScoringSearch:
     say: Callable[[str], None] = lambda _m: None
     rows: dict[int, TrialResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # every paired timing, by policy: a policy timed again is judged on all its rounds
+    paired: PairedTimings = field(default_factory=PairedTimings)
 
     def record(self, row: TrialResult) -> None:
         self.rows[row.trial_id] = row
@@ -79,7 +87,15 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     # a candidate with a reference's policy is the search finding that reference: it is
     # timed and finalized as its own row (its own fine-tune seed), not skipped
     measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
-                                  baseline=s.baseline, budget=s.budget, on_row=s.record)
+                                  baseline=s.baseline, budget=s.budget, on_row=s.record,
+                                  timings=s.paired)
+    # the decisions the final stage rests on, made on more rounds where drift could turn
+    # them: the winners-to-be and the references at the budget's edge are timed again
+    measured = settle_the_edge(s.ctx, measured, take=spec.finalize.top_k, baseline=s.baseline,
+                               budget=s.budget, timings=s.paired, on_row=s.record,
+                               screen=s.screen)
+    refs = settle_the_edge(s.ctx, refs, take=len(refs), baseline=s.baseline,
+                           budget=s.budget, timings=s.paired, on_row=s.record)
     s.timings["measure_s"] = time.perf_counter() - t2
     within = sorted((r for r in measured if r.feasible), key=lambda r: -(r.score or 0.0))
     s.say(f"measured {len(measured)} candidates paired with the baseline: {len(within)} "
@@ -90,7 +106,7 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     s.say(f"finalize: {len(finals)} models fine-tuned "
           f"({len(winners)} searched, {len(finals) - len(winners)} references)")
     finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
-                    references=s.references_start)
+                    references=s.references_start, timings=s.paired)
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
 
@@ -118,7 +134,7 @@ def _measure_fixed(s: ScoringSearch, pool: ScoringPool, policy: Policy, *, trial
                       predicted_latency_ms=s.screen.predicted_ms(policy),
                       budget_ms=s.budget.ms, searcher=ANCHOR if label == ANCHOR else REFERENCE,
                       reference=label)
-    row = measure_candidate(s.ctx, row, s.baseline, s.budget)
+    row = measure_candidate(s.ctx, row, s.baseline, s.budget, s.paired)
     s.record(row)
     return row
 

@@ -1,0 +1,85 @@
+"""Paired timings pooled per architecture, and decisions at the budget's edge timed again."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from slimtune.latency import LatencyStats
+from slimtune.paired import PairedLatency, PairedTimings, pooled
+from slimtune.pipeline import measure as measure_stage
+from slimtune.pipeline.measure import EDGE, MAX_TIMINGS, Budget, settle_the_edge
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+
+
+def _stats(medians: list[float]) -> LatencyStats:
+    return LatencyStats(median_ms=sorted(medians)[len(medians) // 2], p10_ms=min(medians),
+                        p90_ms=max(medians), mean_ms=sum(medians) / len(medians), cv=0.1,
+                        samples=10 * len(medians), rounds=len(medians), runtime="onnxruntime",
+                        threads=2, batch_size=64, round_medians_ms=tuple(medians))
+
+
+def _timing(ratio: float, rounds: int = 3) -> PairedLatency:
+    return PairedLatency(ratio, _stats([20.0 * ratio] * rounds), _stats([20.0] * rounds))
+
+
+def test_pooled_timings_are_judged_on_all_their_rounds():
+    one = _timing(0.50)
+    assert pooled([one]) is one
+    both = pooled([_timing(0.50), _timing(0.62, rounds=5)])
+    assert both.candidate.rounds == both.baseline.rounds == 8
+    assert both.candidate.samples == 80
+    assert both.ratio == pytest.approx(0.62)  # 5 of the 8 rounds' ratios are 0.62
+    assert pooled([_timing(0.50, 3), _timing(0.60, 3), _timing(0.55, 3)]).ratio == \
+        pytest.approx(0.55)
+    with pytest.raises(ValueError):
+        pooled([])
+    store = PairedTimings()
+    assert store.add("k", _timing(0.5)).ratio == pytest.approx(0.5)
+    assert store.add("k", _timing(0.7)).candidate.rounds == 6 and len(store.of("k")) == 2
+    assert store.of("other") == ()
+
+
+def test_the_edge_is_a_band_around_the_budget_on_its_own_figure():
+    frac = Budget(ms=12.0, fraction=0.6, baseline_ms=20.0)
+    assert frac.near(_timing(0.6 * (1 + EDGE * 0.9)))
+    assert frac.near(_timing(0.6 * (1 - EDGE * 0.9)))
+    assert not frac.near(_timing(0.6 * (1 - EDGE * 1.1)))
+    ms = Budget(ms=10.0, fraction=None, baseline_ms=20.0)
+    assert ms.near(_timing(0.52)) and not ms.near(_timing(0.4))  # 10.4 ms vs 8 ms
+
+
+def test_only_the_decisions_the_final_stage_rests_on_are_timed_again(monkeypatch):
+    """Drift put the best candidate at 0.611x of a 0.6 budget: it is timed again and
+    admitted on all its rounds; a candidate far from the edge, and one scored below the
+    top_k within budget, are not timed again."""
+    budget = Budget(ms=12.0, fraction=0.6, baseline_ms=20.0)
+    drift = {"best": [0.611, 0.55, 0.56], "safe": [0.40], "later": [0.59, 0.5]}
+    names = {}
+    store = PairedTimings()
+
+    def row(name: str, score: float, trial_id: int) -> TrialResult:
+        policy = Policy(prune={"g": trial_id / 10})
+        names[policy.key()] = name
+        paired = store.add(policy.key(), _timing(drift[name].pop(0)))
+        return TrialResult(trial_id=trial_id, policy=policy, state="ok" if budget.met(paired)
+                           else "infeasible", stage="measured", score=score,
+                           latency_ratio=paired.ratio)
+
+    def timed_again(ctx, r, baseline, budget_, timings):
+        paired = timings.add(r.policy.key(), _timing(drift[names[r.policy.key()]].pop(0)))
+        return replace(r, state="ok" if budget_.met(paired) else "infeasible",
+                       latency_ratio=paired.ratio)
+
+    monkeypatch.setattr(measure_stage, "measure_candidate", timed_again)
+    rows = [row("best", 0.9, 1), row("safe", 0.8, 2), row("later", 0.7, 3)]
+    assert not rows[0].feasible
+    seen: list[TrialResult] = []
+    out = settle_the_edge(None, rows, take=2, baseline=None, budget=budget, timings=store,
+                          on_row=seen.append)
+    assert [r.trial_id for r in out] == [1, 2, 3]
+    assert out[0].feasible and len(store.of(rows[0].policy.key())) == MAX_TIMINGS
+    assert [r.trial_id for r in seen] == [1, 1]  # timed twice more, no one else
+    assert drift["later"] == [0.5]  # the third was not needed: two were within budget
