@@ -83,3 +83,59 @@ def test_only_the_decisions_the_final_stage_rests_on_are_timed_again(monkeypatch
     assert out[0].feasible and len(store.of(rows[0].policy.key())) == MAX_TIMINGS
     assert [r.trial_id for r in seen] == [1, 1]  # timed twice more, no one else
     assert drift["later"] == [0.5]  # the third was not needed: two were within budget
+
+
+def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_path,
+                                                                         monkeypatch):
+    """The int8 reference first measures just over the budget, then within it: the
+    uniform ladder and the screen (a searched candidate of the same policy) see the
+    settled figure before the first candidate is scored."""
+    from slimtune.pipeline import run as run_stage
+    from slimtune.pipeline.references import int8_reference
+    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
+    from slimtune.pipeline.score import LocalPool
+    from slimtune.screening import Screen
+    from slimtune.search.random_search import RandomSearcher
+    from slimtune.spaces import SearchSpace
+    from tests.jobs import tiny_trial_context
+    from tests.test_pipeline import _evaluator
+
+    ctx = tiny_trial_context(tmp_path)
+    ctx = replace(ctx, spec=ctx.spec.with_sections(
+        search={"candidates": 4, "trials": 1}, finalize={"top_k": 1, "references": True},
+        scoring={"anchors": False}))
+    space = SearchSpace.from_table(ctx.table, (0.0, 0.5), (32, 8), round_to=1)
+    int8 = int8_reference(space)
+    budget = Budget(ms=6.0, fraction=0.6, baseline_ms=10.0)
+    first = {"int8": [0.62, 0.55, 0.56]}
+    timed: list[str] = []
+
+    def fake_measure(ctx_, row, baseline, budget_, timings=None):
+        name = "int8" if row.policy.key() == int8.key() else "other"
+        timed.append(name)
+        ratio = first[name].pop(0) if first.get(name) else 0.4
+        paired = timings.add(row.policy.key(), _timing(ratio))
+        return replace(row, stage="measured", state="ok" if budget_.met(paired) else
+                       "infeasible", latency_ratio=paired.ratio,
+                       latency_ms=paired.ratio * budget_.baseline_ms)
+
+    predicted_when_scoring: list[float] = []
+    real_score = run_stage.score_candidates
+
+    def spy_score(searcher, pool, screen, **kw):
+        predicted_when_scoring.append(screen.predicted_ms(int8))
+        return real_score(searcher, pool, screen, **kw)
+
+    monkeypatch.setattr(run_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(run_stage, "score_candidates", spy_score)
+    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
+    monkeypatch.setattr(run_stage, "finalize_in_ray", lambda *a, **k: None)
+    s = ScoringSearch(ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=4),
+                      evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0),
+                      budget=budget, baseline=None, on_row=lambda r: None)
+    out = run_scoring_search(s)
+    ref = next(r for r in out if r.reference == "int8")
+    assert timed[:3] == ["int8"] * 3  # over by drift once, then timed twice more
+    assert ref.feasible and ref.latency_ratio == pytest.approx(0.56)
+    assert predicted_when_scoring == [pytest.approx(5.6)]  # the settled figure

@@ -22,7 +22,7 @@ from slimtune.evaluators.factory import build_evaluator as make_evaluator
 from slimtune.latency import machine_lock
 from slimtune.outputs import append_trial
 from slimtune.pipeline.finalize import finalize_steps
-from slimtune.pipeline.measure import Budget
+from slimtune.pipeline.measure import MAX_TIMINGS, Budget
 from slimtune.pipeline.run import ScoringSearch, run_scoring_search
 from slimtune.policy import write_text_atomic
 from slimtune.progress import ScoringProgress
@@ -77,6 +77,7 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     if not spec.target.backend.takes_onnx:
         reference = baseline
     runs: dict[int, str] = {}
+    logged: dict[int, int] = {}  # trial id -> the step of its run's latest figures
     progress = ScoringProgress(spec.search.candidates)
 
     def on_row(row: TrialResult) -> None:
@@ -88,8 +89,14 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
             runs[row.trial_id] = tracker.start_trial(row.trial_id, params, row.searcher)
             row = replace(row, mlflow_run_id=runs[row.trial_id])
         append_trial(out_dir, row)
-        if row.stage != "scored":  # the final figures land one step after the measured
-            tracker.end_trial(runs[row.trial_id], row, step=int(row.stage == "final"))
+        if row.stage != "scored":  # each later figure (a re-timing, the final) a step on:
+            # MLflow keys a logged model's metrics by (name, timestamp, step). The final
+            # comes after every measured step (at most MAX_TIMINGS), a resumed job's too
+            step = logged.get(row.trial_id, -1) + 1
+            if row.stage == "final":
+                step = max(step, MAX_TIMINGS)
+            logged[row.trial_id] = step
+            tracker.end_trial(runs[row.trial_id], row, step=step)
             if tracker.degraded:
                 tracker.sync()
 
