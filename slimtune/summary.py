@@ -50,8 +50,10 @@ def reference_lines(outcome: JobOutcome) -> list[str]:
             f"; search {100 * ((searched.accuracy or 0) - r.accuracy):+.2f} pp val, " \
             f"{100 * ((searched.test_accuracy or 0) - (r.test_accuracy or 0)):+.2f} pp test"
         within = "" if r.feasible else " (over the budget after all)"
+        same = "" if searched is None or searched.policy.key() != r.policy.key() else \
+            " (the search's best is this policy: the difference is fine-tune noise)"
         lines.append(f"  {name:16s} val {r.accuracy:.4f} test {r.test_accuracy or 0:.4f} at "
-                     f"{_ratio(r)} of the baseline (#{r.trial_id}){within}{diff}")
+                     f"{_ratio(r)} of the baseline (#{r.trial_id}){within}{diff}{same}")
     best = outcome.best
     if best is not None and best.reference:
         lines.append(f"  best model: the {REFERENCE_NAMES.get(best.reference, best.reference)} "

@@ -139,3 +139,24 @@ def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_pa
     assert timed[:3] == ["int8"] * 3  # over by drift once, then timed twice more
     assert ref.feasible and ref.latency_ratio == pytest.approx(0.56)
     assert predicted_when_scoring == [pytest.approx(5.6)]  # the settled figure
+
+
+def test_the_summary_says_when_the_search_found_a_references_policy(tmp_path):
+    from slimtune.job import JobOutcome
+    from slimtune.summary import reference_lines
+
+    int8 = Policy(bits={"conv": 8})
+
+    def final(trial_id: int, policy: Policy, val: float, reference: str | None = None):
+        return TrialResult(trial_id=trial_id, policy=policy, state="ok", stage="final",
+                           accuracy=val, test_accuracy=val - 0.01, latency_ms=5.0,
+                           latency_ratio=0.52, reference=reference)
+
+    rows = [final(1, int8, 0.850), final(9, int8, 0.849, "int8"),
+            final(10, Policy(prune={"g": 0.5}), 0.82, "uniform")]
+    outcome = JobOutcome(tmp_path, rows, rows, rows[0], {}, 6.0, 0.1, "", "", 1.0, 1.0, 1.0)
+    lines = reference_lines(outcome)
+    int8_line = next(line for line in lines if "int8 only" in line)
+    uniform_line = next(line for line in lines if "uniform" in line)
+    assert "+0.10 pp val" in int8_line and "the search's best is this policy" in int8_line
+    assert "+3.00 pp val" in uniform_line and "this policy" not in uniform_line
