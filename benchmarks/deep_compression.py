@@ -45,11 +45,11 @@ from slimtune.compressed_file import read_compressed, write_compressed
 from slimtune.data import load_dataset
 from slimtune.deep_compression import compress_weights, keep_shared, keep_sparsity
 from slimtune.export import export_onnx, onnx_predict, onnx_session
-from slimtune.latency import MeasureProtocol, measure_model
 from slimtune.layers import build_layer_table
+from slimtune.measurement.latency import MeasureProtocol, measure_model
+from slimtune.measurement.targets import measure_interleaved
 from slimtune.policy import Policy
 from slimtune.spec import load_spec, parse_spec
-from slimtune.targets import measure_interleaved
 from slimtune.train import accuracy, predict, train
 
 MNIST_ARCHS = ("lenet300", "lenet5")

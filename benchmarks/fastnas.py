@@ -9,7 +9,7 @@ then a binary search under ``constraints={"flops": ...}``.
 The FLOPs bound that matches slimtune's budget is found by bisection over FLOPs fractions
 (the first probe at the budget's latency fraction): each result is deployed fp32 and int8
 (slimtune's export and static QDQ path, int8 on the layers the job's int8 reference runs
-int8) and timed paired with the baseline (``slimtune.paired``), and it meets the budget
+int8) and timed paired with the baseline (``slimtune.measurement.paired``), and it meets the budget
 when the faster of the two does. The largest fraction that met is kept, BN recalibrated,
 fine-tuned by the recipe slimtune's finalized models get (``final_recipe``: the same
 steps, distillation from the baseline, ``slimtune.finetune``), deployed the faster way,
@@ -65,8 +65,8 @@ def fastnas_row(spec, outcome, *, probes: int = 5, say=print) -> dict[str, Any]:
     from slimtune.baseline import baseline_key, cache_dir, prepare_baseline
     from slimtune.evaluators.bn import recalibrate_bn
     from slimtune.finetune import finetune
-    from slimtune.latency import machine_lock
     from slimtune.layers import count_macs_params
+    from slimtune.measurement.latency import machine_lock
     from slimtune.pipeline.finalize import final_recipe
     from slimtune.pipeline.measure import Budget, paired_timing
     from slimtune.policy import Policy

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from slimtune.errors import BudgetError
 from slimtune.job import JobOutcome, run_job
-from slimtune.latency import RUNTIMES, MeasureProtocol, measure_latency
+from slimtune.measurement.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.pareto import pareto_front
 from slimtune.policy import ALLOWED_BITS, Policy
 from slimtune.spec import JobSpec, load_spec, parse_spec

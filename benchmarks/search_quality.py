@@ -132,10 +132,10 @@ def fidelity(args) -> None:
     from slimtune.evaluators.factory import build_evaluator
     from slimtune.finetune import finetune
     from slimtune.job import preflight
+    from slimtune.measurement.predictor import random_policies
     from slimtune.pipeline.finalize import final_recipe
     from slimtune.pipeline.job import build_screen
     from slimtune.pipeline.measure import Budget
-    from slimtune.predictor import random_policies
     from slimtune.train import accuracy, predict
     from slimtune.trial import TrialContext
 

@@ -21,8 +21,8 @@ import torch
 
 from slimtune.compress import count_macs_params
 from slimtune.export import export_onnx
-from slimtune.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.layers import build_layer_table
+from slimtune.measurement.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.methods.apply import prune_structure
 from slimtune.models import build_builtin
 from slimtune.spaces import SearchSpace

@@ -20,8 +20,8 @@ import torch
 
 from slimtune.compress import count_macs_params
 from slimtune.export import export_onnx
-from slimtune.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.layers import build_layer_table
+from slimtune.measurement.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.methods.apply import apply_policy
 from slimtune.models.zoo import ZOO
 from slimtune.policy import Policy

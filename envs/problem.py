@@ -18,11 +18,11 @@ from torch import nn
 
 from slimtune.data import Dataset
 from slimtune.evaluators.base import Evaluator
-from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.measurement.latency import LatencyStats, MeasureProtocol, machine_lock
+from slimtune.measurement.shapes import ChannelMap
 from slimtune.methods.apply import prune_structure
 from slimtune.policy import Policy
-from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
 from slimtune.trial import TrialContext, deploy, measure
@@ -33,7 +33,7 @@ EPISODE_PROTOCOL = MeasureProtocol(warmup=5, rounds=3, repeats=20, min_seconds_p
 
 
 class LatencyPredictor(Protocol):
-    """Predicts a policy's latency on the target in milliseconds (slimtune.predictor)."""
+    """A policy's latency on the target in milliseconds (slimtune.measurement.predictor)."""
 
     def predict_ms(self, policy: Policy) -> float: ...
 
@@ -97,7 +97,7 @@ def problem_from_parts(spec: JobSpec, data: Dataset, table: LayerTable, space: S
     trained once per baseline and space, then cached)."""
     channels = ChannelMap.probe(baseline, table, round_to=spec.space.round_to)
     if predictor is None:
-        from slimtune.predictor import build_predictor
+        from slimtune.measurement.predictor import build_predictor
 
         predictor = build_predictor(spec, baseline, table)
     evaluator = None

@@ -25,7 +25,7 @@ from slimtune.compress import quantize_weights
 from slimtune.device import training_device
 from slimtune.envs.problem import CompressionProblem
 from slimtune.evaluators.bn import recalibrate_bn
-from slimtune.latency import LatencyStats, machine_lock
+from slimtune.measurement.latency import LatencyStats, machine_lock
 from slimtune.methods.apply import prune_structure
 from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy

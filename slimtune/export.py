@@ -191,7 +191,7 @@ def quantize_onnx(
     """Statically quantize the Conv/Gemm/MatMul nodes of `int8_layers` to int8, the rest fp32.
 
     `int8_layers` are torch module names; a factorised layer is its two factors
-    (`name.0`, `name.1`), as `slimtune.trial.int8_layers(policy, model)` lists them.
+    (`name.0`, `name.1`), as `slimtune.methods.quantization.int8_layers(policy, model)` lists them.
 
     ORT QDQ format with QUInt8 activations, QInt8 weights and `reduce_range=True` (7-bit
     weights: no accumulator saturation on x86 CPUs without VNNI), calibrated with MinMax on

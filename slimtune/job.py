@@ -18,7 +18,7 @@ from slimtune.chance import ChanceBaselineError
 from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
 from slimtune.job_baseline import BaselineFigures, MeasuredBaseline, baseline_stage
-from slimtune.latency import MeasureProtocol
+from slimtune.measurement.latency import MeasureProtocol
 from slimtune.outputs import append_trial, copy_trial, write_json
 from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
@@ -140,7 +140,7 @@ def _preflight(spec: JobSpec, out_dir: Path, protocol: MeasureProtocol, *, resum
     else:
         check_out_dir(out_dir, overwrite=overwrite)
     if not spec.target.is_local:  # a remote target is a Ray node: connect, check it exists
-        from slimtune.targets import connect_target
+        from slimtune.measurement.targets import connect_target
 
         connect_target(spec.target.name, spec.target.threads, address, verbose=verbose)
     prep = preflight(spec, protocol)

@@ -16,7 +16,7 @@ import numpy as np
 from slimtune.baseline import Baseline, prepare_baseline
 from slimtune.chance import check_above_chance, vanishing_norms
 from slimtune.evaluate.trial_eval import job_reference
-from slimtune.latency import MeasureProtocol, machine_lock
+from slimtune.measurement.latency import MeasureProtocol, machine_lock
 from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
 from slimtune.preflight import Prepared, budget_ms, print_line

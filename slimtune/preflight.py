@@ -14,8 +14,8 @@ from pathlib import Path
 
 from slimtune.data import Dataset
 from slimtune.errors import BudgetError
-from slimtune.latency import LatencyStats, MeasureProtocol
 from slimtune.layers import LayerTable
+from slimtune.measurement.latency import LatencyStats, MeasureProtocol
 from slimtune.policy import Policy
 from slimtune.probe import probed_space
 from slimtune.spaces import SearchSpace
@@ -97,7 +97,7 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
 def _measure_policies(ctx: TrialContext, model, policies: list[Policy]) -> list[LatencyStats]:
     """Latency of each policy's architecture, measured interleaved on the target (int8
     calibrated on training examples, as trials are)."""
-    from slimtune.predictor import measure_policies
+    from slimtune.measurement.predictor import measure_policies
 
     calib = ctx.data.train.head(ctx.spec.finetune.calibration_size).x.numpy()
     stats = measure_policies(ctx.spec, model, ctx.table, policies, calibration_x=calib,

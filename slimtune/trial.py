@@ -34,10 +34,10 @@ from slimtune.evaluate.suite import BehaviourReference
 from slimtune.evaluate.trial_eval import evaluate_trial
 from slimtune.export import export_onnx, quantize_onnx
 from slimtune.finetune import finetune
-from slimtune.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.layers import LayerTable
+from slimtune.measurement.latency import LatencyStats, MeasureProtocol, machine_lock
 from slimtune.methods.apply import compressed_structure, policy_size_bytes, weights_as_deployed
-from slimtune.methods.quantization import WeightQuantization
+from slimtune.methods.quantization import int8_layers
 from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
@@ -69,20 +69,6 @@ class TrialContext:
         return model.eval()
 
 
-def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:
-    """Modules that run int8 in ONNX Runtime: every layer stored at 8 bits or fewer.
-
-    Given the compressed ``model``, a factorised layer counts as its two factors
-    (``name.0``, ``name.1``: both run int8); without it, the policy's layer names.
-    """
-    names = WeightQuantization.int8_layers(policy)
-    if model is None:
-        return names
-    from slimtune.lowrank import layer_modules
-
-    return [m for name in names for m in layer_modules(model, name)]
-
-
 def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path) -> Deployed:
     """Export for the target: ONNX (+ int8 QDQ for low-bit layers) for a runtime that takes
     ONNX, else the torch module."""
@@ -98,8 +84,8 @@ def deploy(ctx: TrialContext, model: nn.Module, policy: Policy, onnx_path: Path)
 
 def measure(ctx: TrialContext, deployed: Deployed) -> LatencyStats:
     """Latency of ``deployed`` on the spec's target (remote via Ray, or here), cached by
-    (model hash, target, runtime settings, protocol): see ``slimtune.targets``."""
-    from slimtune.targets import measure_on_target
+    (model hash, target, runtime settings, protocol): see ``slimtune.measurement.targets``."""
+    from slimtune.measurement.targets import measure_on_target
 
     target = ctx.spec.target
     subject: Any = deployed.model if deployed.onnx_path is None else deployed.onnx_path

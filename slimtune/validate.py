@@ -43,7 +43,7 @@ def check_inputs(spec: JobSpec) -> CheckedInputs:
     """Load and check what the spec names; raises UserInputError with one line."""
     check_tracking_uri(spec.tracking_uri)
     if spec.target.is_local:  # a remote target's cores are checked once Ray is up
-        from slimtune.targets import check_local_threads
+        from slimtune.measurement.targets import check_local_threads
 
         check_local_threads(spec.target.threads)
         spec.target.backend.versions()  # its library is installed here, else one line

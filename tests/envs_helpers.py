@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from slimtune.measurement.shapes import ChannelMap
 from slimtune.policy import Policy
-from slimtune.shapes import ChannelMap
 from slimtune.spec import parse_spec
 from tests.jobs import tiny_job
 
@@ -16,7 +16,7 @@ from tests.jobs import tiny_job
 class MacsPredictor:
     """Test double: latency proportional to the conv/linear MACs (no measurement).
 
-    The real predictor (slimtune.predictor) is measured on the target; the env tests
+    The real predictor (slimtune.measurement.predictor) is measured on the target; the env tests
     only need a deterministic, monotone one to check the wall's logic.
     """
 

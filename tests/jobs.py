@@ -42,8 +42,8 @@ def tiny_trial_context(tmp: Path, protocol=None):
     """A TrialContext for ``tiny_job``: untrained tiny ResNet on synthetic data, a 100 ms
     budget, a quick latency protocol unless one is given."""
     from slimtune.data import load_dataset
-    from slimtune.latency import MeasureProtocol
     from slimtune.layers import build_layer_table
+    from slimtune.measurement.latency import MeasureProtocol
     from slimtune.models import build_builtin
     from slimtune.spec import parse_spec
     from slimtune.trial import TrialContext

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from slimtune.measurement.screening import Screen, precision
 from slimtune.pipeline import run as run_stage
 from slimtune.pipeline.measure import Budget
 from slimtune.pipeline.references import latency_anchors
 from slimtune.pipeline.run import ANCHOR, ScoringSearch, run_scoring_search
 from slimtune.pipeline.score import LocalPool
 from slimtune.policy import Policy
-from slimtune.screening import Screen, precision
 from slimtune.search.random_search import RandomSearcher
 from slimtune.spaces import SearchSpace
 from tests.jobs import tiny_trial_context

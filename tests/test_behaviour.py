@@ -14,8 +14,8 @@ from slimtune.data import load_dataset
 from slimtune.errors import SpecError
 from slimtune.evaluate import GROUPS, METRIC_KEYS
 from slimtune.evaluate.trial_eval import job_reference
-from slimtune.latency import MeasureProtocol
 from slimtune.layers import build_layer_table
+from slimtune.measurement.latency import MeasureProtocol
 from slimtune.models import build_builtin
 from slimtune.outputs import append_trial, write_json
 from slimtune.pareto import pareto_front

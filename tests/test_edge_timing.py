@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from slimtune.latency import LatencyStats
-from slimtune.paired import PairedLatency, PairedTimings, pooled
+from slimtune.measurement.latency import LatencyStats
+from slimtune.measurement.paired import PairedLatency, PairedTimings, pooled
 from slimtune.pipeline import measure as measure_stage
 from slimtune.pipeline.measure import EDGE, MAX_TIMINGS, Budget, settle_the_edge
 from slimtune.policy import Policy
@@ -90,11 +90,11 @@ def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_pa
     """The int8 reference first measures just over the budget, then within it: the
     uniform ladder and the screen (a searched candidate of the same policy) see the
     settled figure before the first candidate is scored."""
+    from slimtune.measurement.screening import Screen
     from slimtune.pipeline import run as run_stage
     from slimtune.pipeline.references import int8_reference
     from slimtune.pipeline.run import ScoringSearch, run_scoring_search
     from slimtune.pipeline.score import LocalPool
-    from slimtune.screening import Screen
     from slimtune.search.random_search import RandomSearcher
     from slimtune.spaces import SearchSpace
     from tests.jobs import tiny_trial_context

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-import slimtune.latency as latency
+import slimtune.measurement.latency as latency
 from slimtune.errors import UserInputError
 from slimtune.export import export_onnx
-from slimtune.latency import (
+from slimtune.measurement.latency import (
     RUNTIMES,
     LatencyStats,
     MeasureProtocol,

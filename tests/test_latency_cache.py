@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimtune import targets
 from slimtune.export import export_onnx
-from slimtune.latency import MeasureProtocol
+from slimtune.measurement import targets
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.targets import cache_path, measure_on_target, subject_digest
 from slimtune.models import build_builtin
-from slimtune.targets import cache_path, measure_on_target, subject_digest
 
 SHAPE = (1, 16, 16)
 TINY = MeasureProtocol(warmup=1, rounds=2, repeats=3)
@@ -85,7 +85,7 @@ def test_the_switch_turns_the_cache_off(onnx_file: Path, tmp_path: Path,
 
 def test_a_corrupt_entry_is_measured_again(onnx_file: Path) -> None:
     first = _measure(onnx_file)
-    from slimtune.targets import cache_key
+    from slimtune.measurement.targets import cache_key
 
     key = cache_key(subject_digest(onnx_file), target="local", runtime="onnxruntime",
                     threads=1, batch_size=2, input_shape=SHAPE, protocol=TINY)

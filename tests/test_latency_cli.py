@@ -25,7 +25,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 @pytest.fixture(autouse=True)
 def _quiet_machine(monkeypatch):
     """The cache keeps figures only from a quiet machine; CI machines are busy."""
-    from slimtune import targets
+    from slimtune.measurement import targets
 
     monkeypatch.setattr(targets, "machine_load", lambda: 0.0)
 

@@ -25,19 +25,20 @@ from slimtune.export import (
     onnx_session,
     quantize_onnx,
 )
-from slimtune.latency import MeasureProtocol
 from slimtune.layers import build_layer_table
 from slimtune.lowrank import factorize, layer_modules, worthwhile_rank
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.shapes import ChannelMap
 from slimtune.methods.apply import apply_policy, compressed_structure, prune_structure
+from slimtune.methods.quantization import int8_layers
 from slimtune.models import build_builtin
 from slimtune.models.zoo import ZOO
 from slimtune.outputs import append_trial, load_compressed
 from slimtune.policy import Policy
 from slimtune.search.uniform import UniformSearcher
-from slimtune.shapes import ChannelMap
 from slimtune.spaces import SearchSpace
 from slimtune.spec import parse_spec
-from slimtune.trial import TrialContext, int8_layers, run_trial
+from slimtune.trial import TrialContext, run_trial
 from slimtune.trial_model import load_trial
 from tests.jobs import tiny_job, write_job
 

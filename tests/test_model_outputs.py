@@ -15,11 +15,11 @@ from slimtune.baseline import build_model
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.layers import build_layer_table
 from slimtune.methods.apply import apply_policy
+from slimtune.methods.quantization import int8_layers
 from slimtune.models import LogitsOf, ModelError, load_weights, output_note
 from slimtune.models.logits import adapt_output
 from slimtune.policy import Policy
 from slimtune.spec import ModelSpec
-from slimtune.trial import int8_layers
 
 SHAPE = (3, 12, 12)
 HERE = "tests.test_model_outputs"

@@ -104,7 +104,7 @@ def test_run_refuses_a_metric_returning_a_string_with_nothing_written(tmp_path, 
 
 
 def test_a_custom_regression_task_validates_trains_and_runs_a_trial(tmp_path, capsys) -> None:
-    from slimtune.latency import MeasureProtocol
+    from slimtune.measurement.latency import MeasureProtocol
     from slimtune.trial import TrialContext, run_trial
     from slimtune.validate import check_inputs
 

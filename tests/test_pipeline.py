@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from slimtune.evaluators.bn_recal import BNRecalEvaluator, ScoreSettings
-from slimtune.latency import LatencyStats, MeasureProtocol
-from slimtune.paired import paired_ratio
+from slimtune.measurement.latency import LatencyStats, MeasureProtocol
+from slimtune.measurement.paired import paired_ratio
+from slimtune.measurement.screening import SLACK, Screen
 from slimtune.pipeline import measure as measure_stage
 from slimtune.pipeline.measure import Budget, measure_candidates, measurement_order
 from slimtune.pipeline.score import LocalPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.screening import SLACK, Screen
 from slimtune.search.random_search import RandomSearcher
 from slimtune.spaces import SearchSpace
 from tests.jobs import tiny_trial_context
@@ -165,8 +165,8 @@ def test_paired_ratio_ignores_a_burst_that_slows_both():
 def test_paired_measurement_under_synthetic_load(tmp_path, monkeypatch):
     """Two real timed runners on a runtime whose load doubles in some rounds: the
     interleaved pair's ratio stays near the true 0.5."""
-    from slimtune import latency
-    from slimtune.paired import measure_paired
+    from slimtune.measurement import latency
+    from slimtune.measurement.paired import measure_paired
     from slimtune.spec import TargetSpec
 
     calls = {"n": 0}

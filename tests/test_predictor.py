@@ -11,20 +11,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import slimtune.layer_lut as layer_lut
-import slimtune.predictor as predictor_mod
+import slimtune.measurement.layer_lut as layer_lut
+import slimtune.measurement.predictor as predictor_mod
 from slimtune.export import ORT_DISABLED_OPTIMIZERS
-from slimtune.latency import MeasureProtocol
 from slimtune.layers import build_layer_table
-from slimtune.models import build_builtin
-from slimtune.policy import Policy
-from slimtune.predictor import (
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.predictor import (
     LatencyPredictor,
     LayerConfig,
     build_predictor,
     error_report,
     random_policies,
 )
+from slimtune.models import build_builtin
+from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
 from slimtune.spec import parse_spec
 from tests.jobs import tiny_job
@@ -113,8 +113,8 @@ def test_the_table_covers_the_space_and_is_cached(tiny, tmp_path: Path,
 
 def test_configs_match_the_really_pruned_layers(tiny) -> None:
     spec, model, table = tiny
+    from slimtune.measurement.shapes import ChannelMap
     from slimtune.methods.apply import prune_structure
-    from slimtune.shapes import ChannelMap
 
     pred = LatencyPredictor(spec, table, ChannelMap.probe(model, table, round_to=2),
                             predictor_mod._padding(model, table),
@@ -137,7 +137,7 @@ def test_configs_match_the_really_pruned_layers(tiny) -> None:
 def test_the_fit_recovers_known_overheads_and_predicts_fast(tiny) -> None:
     """Calibration points made from known coefficients are fitted back to within 2%."""
     spec, model, table = tiny
-    from slimtune.shapes import ChannelMap
+    from slimtune.measurement.shapes import ChannelMap
 
     lut = predictor_mod.LayerLUT.for_spec(spec, LIGHT)
     pred = LatencyPredictor(spec, table, ChannelMap.probe(model, table, round_to=2),

@@ -22,14 +22,14 @@ import torch
 
 from slimtune.errors import UserInputError
 from slimtune.export import export_onnx
-from slimtune.latency import MeasureProtocol
-from slimtune.models import build_builtin
-from slimtune.targets import (
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.targets import (
     TargetLostError,
     check_target,
     live_targets,
     measure_on_target,
 )
+from slimtune.models import build_builtin
 
 SHAPE = (1, 16, 16)
 TINY = MeasureProtocol(warmup=1, rounds=2, repeats=3)
@@ -101,7 +101,7 @@ def ray_cluster(*, edge_box: bool) -> Iterator[_Cluster]:
 @pytest.mark.slow
 def test_a_remote_target_measures_and_its_loss_fails_clearly(tmp_path: Path,
                                                              monkeypatch) -> None:
-    from slimtune import targets
+    from slimtune.measurement import targets
 
     monkeypatch.setattr(targets, "machine_load", lambda: 0.0)  # the cache's load rule: off
     with ray_cluster(edge_box=True) as cluster:
@@ -160,7 +160,7 @@ def test_a_remote_target_measures_and_its_loss_fails_clearly(tmp_path: Path,
 
 @pytest.mark.slow
 def test_a_trial_on_a_lost_target_fails_and_records_no_latency(tmp_path: Path) -> None:
-    from slimtune.latency import MeasureProtocol as Protocol
+    from slimtune.measurement.latency import MeasureProtocol as Protocol
     from slimtune.policy import Policy
     from slimtune.spec import parse_spec
     from slimtune.trial import TrialContext, run_trial

@@ -17,12 +17,12 @@ from torch import nn
 
 from slimtune.errors import SpecError
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
-from slimtune.latency import MeasureProtocol, measure_model
+from slimtune.measurement.latency import MeasureProtocol, measure_model
+from slimtune.measurement.targets import _runtime_versions, cache_key, measure_interleaved
 from slimtune.models.zoo import ZOO
 from slimtune.policy import Policy
 from slimtune.runtimes import RUNTIMES, Runtime, get_runtime, register
 from slimtune.spec import parse_spec
-from slimtune.targets import _runtime_versions, cache_key, measure_interleaved
 from slimtune.trial import run_trial
 from tests.jobs import tiny_job, tiny_trial_context
 

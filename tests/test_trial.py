@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from slimtune.latency import MeasureProtocol
+from slimtune.measurement.latency import MeasureProtocol
 from slimtune.outputs import load_compressed
 from slimtune.policy import Policy
 from slimtune.trial import TrialContext, run_trial

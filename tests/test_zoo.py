@@ -16,10 +16,10 @@ from torch import nn
 from slimtune.compress import PolicyError, count_macs_params
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
 from slimtune.layers import build_layer_table
+from slimtune.measurement.shapes import ChannelMap
 from slimtune.methods.apply import apply_policy, prune_structure
 from slimtune.models.zoo import ZOO, HeadAttention
 from slimtune.policy import Policy
-from slimtune.shapes import ChannelMap
 
 SHAPE = (1, 28, 28)
 

@@ -5,7 +5,7 @@ Target: >= 1.4x faster at <= 0.5 pp accuracy loss. The trained quickstart baseli
 exported to ONNX, and every layer quantised to int8 exactly as a trial does (static QDQ,
 per-channel weights, activations calibrated on 128 training images). Accuracy on the
 5,000-image test split; latency at batch 64 (and 1) on 2 threads, the two models
-measured round-robin (``slimtune.targets.measure_interleaved``) so load bursts hit both.
+measured round-robin (``slimtune.measurement.targets.measure_interleaved``) so load bursts hit both.
 Torch: slimtune has no torch int8 path (eager int8 is not faster than fp32 on this CPU,
 no VNNI), so there is nothing to compare there.
 """
@@ -20,8 +20,8 @@ from common import conditions, quickstart, write_result
 
 from slimtune.baseline import prepare_baseline
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
-from slimtune.latency import MeasureProtocol
-from slimtune.targets import measure_interleaved
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.targets import measure_interleaved
 from slimtune.train import accuracy
 
 

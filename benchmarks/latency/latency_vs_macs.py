@@ -28,8 +28,8 @@ import numpy as np
 from common import conditions, quickstart, write_result
 
 from slimtune.compress import count_macs_params
+from slimtune.measurement.predictor import measure_policies, random_policies
 from slimtune.methods.apply import prune_structure
-from slimtune.predictor import measure_policies, random_policies
 from slimtune.spaces import SearchSpace
 
 

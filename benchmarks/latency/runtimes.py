@@ -4,7 +4,7 @@ ResNet-20 (untrained, seeded: latency does not depend on the weight values) at t
 quickstart target: Fashion-MNIST input 1x28x28, batch 64, 2 threads. Exported to ONNX
 and quantised to all-int8 QDQ exactly as a trial does (calibrated on 128 training
 images); both files run on both runtimes, the four (runtime, file) pairs timed round
-robin (round r times every pair once, as ``slimtune.targets.measure_interleaved`` does
+robin (round r times every pair once, as ``slimtune.measurement.targets.measure_interleaved`` does
 for one runtime), medians over rounds. Also reports how far OpenVINO's logits fall from
 ONNX Runtime's on the same file. Needs ``pip install 'slimtune[openvino]'``.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from common import conditions, quickstart, write_result
 
 from slimtune.export import export_onnx, onnx_predict, onnx_session, quantize_onnx
-from slimtune.latency import MeasureProtocol, measure_latency
+from slimtune.measurement.latency import MeasureProtocol, measure_latency
 from slimtune.runtimes import get_runtime
 from slimtune.runtimes.openvino_cpu import compile_onnx
 

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from slimtune.measurement.targets import connect_target
     from slimtune.methods.apply import check_policy
     from slimtune.policy import Policy
-    from slimtune.targets import connect_target
     from slimtune.validate import check_inputs
 
     torch.manual_seed(0)  # untrained weights, the same in every process: the cache key holds
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
     from slimtune.compress import count_macs_params
-    from slimtune.latency import machine_lock
+    from slimtune.measurement.latency import machine_lock
     from slimtune.methods.apply import compressed_structure
     from slimtune.methods.quantization import WeightQuantization
     from slimtune.trial import TrialContext, deploy, measure
@@ -136,7 +136,7 @@ def _measure(spec, checked, policy, policy_path: Path | None) -> dict[str, Any]:
 def _predictor_report(spec, checked, n: int) -> dict[str, Any]:
     import time
 
-    from slimtune.predictor import build_predictor, predictor_report
+    from slimtune.measurement.predictor import build_predictor, predictor_report
 
     start = time.perf_counter()
     predictor = build_predictor(spec, checked.model, checked.table, progress=_say)

@@ -13,8 +13,8 @@ from torch import nn
 
 from slimtune.data import Dataset
 from slimtune.evaluators.base import Evaluator
-from slimtune.latency import machine_lock
 from slimtune.layers import LayerTable
+from slimtune.measurement.latency import machine_lock
 from slimtune.objective import Objective
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec

@@ -13,6 +13,7 @@ from torch import nn
 
 from slimtune.compress import quantize_weights, runs_int8
 from slimtune.layers import LayerTable
+from slimtune.lowrank import layer_modules
 from slimtune.methods.base import CompressionMethod
 from slimtune.policy import Policy
 from slimtune.qat import quantization_aware
@@ -39,3 +40,15 @@ class WeightQuantization(CompressionMethod):
     def int8_layers(policy: Policy) -> list[str]:
         """The layers an int8 runtime runs as int8 (the rest stay float)."""
         return sorted(n for n, b in policy.bits.items() if runs_int8(b))
+
+
+def int8_layers(policy: Policy, model: nn.Module | None = None) -> list[str]:
+    """Modules that run int8 in ONNX Runtime: every layer stored at 8 bits or fewer.
+
+    Given the compressed ``model``, a factorised layer counts as its two factors
+    (``name.0``, ``name.1``: both run int8); without it, the policy's layer names.
+    """
+    names = WeightQuantization.int8_layers(policy)
+    if model is None:
+        return names
+    return [m for name in names for m in layer_modules(model, name)]

@@ -12,8 +12,8 @@ import torch
 
 from slimtune.evaluators.base import Evaluator
 from slimtune.finetune import finetune
-from slimtune.latency import machine_lock
-from slimtune.paired import PairedLatency, PairedTimings
+from slimtune.measurement.latency import machine_lock
+from slimtune.measurement.paired import PairedLatency, PairedTimings
 from slimtune.pipeline.measure import Budget, paired_timing
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult

@@ -19,7 +19,8 @@ from torch import nn
 
 from slimtune.evaluators import Evaluator
 from slimtune.evaluators.factory import build_evaluator as make_evaluator
-from slimtune.latency import machine_lock
+from slimtune.measurement.latency import machine_lock
+from slimtune.measurement.screening import Screen
 from slimtune.outputs import append_trial
 from slimtune.pipeline.finalize import finalize_steps
 from slimtune.pipeline.measure import MAX_TIMINGS, Budget
@@ -27,7 +28,6 @@ from slimtune.pipeline.run import ScoringSearch, run_scoring_search
 from slimtune.policy import write_text_atomic
 from slimtune.progress import ScoringProgress
 from slimtune.result import TrialResult
-from slimtune.screening import Screen
 from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
 from slimtune.tracking import Tracker
@@ -52,7 +52,7 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
                  say: Callable[[str], None]) -> Screen:
     """The measured per-layer latency predictor (cached per target) behind the screen;
     for a fractional budget it predicts ratios to the baseline, as the budget is checked."""
-    from slimtune.predictor import build_predictor
+    from slimtune.measurement.predictor import build_predictor
 
     with machine_lock("shared"):
         calib = ctx.data.train.head(ctx.spec.finetune.calibration_size).x.numpy()

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.compress import count_macs_params, packed_size_bytes
-from slimtune.latency import machine_lock
+from slimtune.measurement.latency import machine_lock
+from slimtune.measurement.paired import PairedLatency, PairedTimings, measure_paired, pooled, scaled
+from slimtune.measurement.screening import SLACK, Screen
 from slimtune.methods.apply import compressed_structure
-from slimtune.paired import PairedLatency, PairedTimings, measure_paired, pooled, scaled
 from slimtune.result import TrialResult
-from slimtune.screening import SLACK, Screen
 from slimtune.trial import TrialContext, deploy
 
 #: a pooled timing within this fraction of the budget is within this machine's drift
-#: between timings (see ``slimtune.paired``): the budget decision is not yet made
+#: between timings (see ``slimtune.measurement.paired``): the budget decision is not yet made
 EDGE = 0.1
 #: paired timings of one architecture at most, before a decision at the edge stands
 MAX_TIMINGS = 3

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from slimtune.measurement.screening import Screen
 from slimtune.policy import Policy
-from slimtune.screening import Screen
 from slimtune.spaces import SearchSpace
 
 

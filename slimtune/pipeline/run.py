@@ -9,7 +9,8 @@ from typing import Any
 
 from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
-from slimtune.paired import PairedTimings
+from slimtune.measurement.paired import PairedTimings
+from slimtune.measurement.screening import Screen
 from slimtune.pipeline.finalize import finalize_in_ray
 from slimtune.pipeline.measure import (
     Budget,
@@ -21,7 +22,6 @@ from slimtune.pipeline.references import int8_reference, latency_anchors, unifor
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.screening import Screen
 from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
 from slimtune.trial import TrialContext

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from slimtune.evaluators.base import Evaluator
+from slimtune.measurement.screening import SLACK, Screen
 from slimtune.policy import Policy
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
-from slimtune.screening import SLACK, Screen
 from slimtune.search.base import Searcher
 
 OnRow = Callable[[TrialResult], None]

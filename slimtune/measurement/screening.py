@@ -1,7 +1,7 @@
 """Screening: the latency predictor decides which candidates are worth deploying.
 
 Before anything is exported, every scored candidate's latency is predicted by the
-measured per-layer table (:mod:`slimtune.predictor`), times a correction learnt from the
+measured per-layer table (:mod:`slimtune.measurement.predictor`), times a correction learnt from the
 candidates measured so far (measured / predicted, as the env's budget wall does).
 Predicted-feasible candidates are deployed and measured first (then, if too few, the
 best-scored within ``SLACK`` of the budget), and every measurement moves the

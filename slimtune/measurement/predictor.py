@@ -31,12 +31,16 @@ import numpy as np
 from torch import nn
 
 from slimtune.depth import under
-from slimtune.latency import MeasureProtocol
-from slimtune.layer_lut import LUT_PROTOCOL, LUT_VERSION, LayerConfig, LayerLUT, target_key
 from slimtune.layers import LayerInfo, LayerTable
-from slimtune.methods.quantization import runs_int8
-from slimtune.policy import Policy
-from slimtune.policy_timing import (
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.layer_lut import (
+    LUT_PROTOCOL,
+    LUT_VERSION,
+    LayerConfig,
+    LayerLUT,
+    target_key,
+)
+from slimtune.measurement.policy_timing import (
     MODEL_PROTOCOL,
     calibration_set,
     measure_policies,
@@ -44,7 +48,9 @@ from slimtune.policy_timing import (
     read_calibration,
     write_calibration,
 )
-from slimtune.shapes import ChannelMap
+from slimtune.measurement.shapes import ChannelMap
+from slimtune.methods.quantization import runs_int8
+from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
 

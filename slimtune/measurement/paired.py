@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from slimtune.latency import LatencyStats, MeasureProtocol
+from slimtune.measurement.latency import LatencyStats, MeasureProtocol
 from slimtune.spec import TargetSpec
 
 #: rounds of a paired measurement; each round times both models once
@@ -97,7 +97,7 @@ def measure_paired(candidate: Any, baseline: Any, target: TargetSpec,
                    protocol: MeasureProtocol = PAIRED_PROTOCOL) -> PairedLatency:
     """Time ``candidate`` and ``baseline`` (.onnx paths, or modules for the torch runtime)
     interleaved on the spec's target; never cached (the pair is the measurement)."""
-    from slimtune.targets import measure_many_on_target
+    from slimtune.measurement.targets import measure_many_on_target
 
     cand, base = measure_many_on_target(
         target.name, [(_subject(candidate), input_shape), (_subject(baseline), input_shape)],

@@ -55,7 +55,7 @@ class LatencyStats:
     batch_size: int
     round_medians_ms: tuple[float, ...]
     rejected_rounds: int = 0  # rounds re-measured because their median was off
-    target: str = "local"  # the spec's target name (slimtune.targets) that measured it
+    target: str = "local"  # the spec's target name (slimtune.measurement.targets) that measured it
     cached: bool = False  # True: read back from the latency cache, measured earlier
 
     def to_dict(self) -> dict[str, Any]:

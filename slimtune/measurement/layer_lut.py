@@ -1,6 +1,6 @@
 """The per-layer latency table: every layer configuration a search space can produce,
 timed once on the target as a one-layer model (the predictor's terms,
-:mod:`slimtune.predictor`); cached per target in ``$SLIMTUNE_CACHE/latency_lut/``."""
+:mod:`slimtune.measurement.predictor`); cached per target in ``$SLIMTUNE_CACHE/latency_lut/``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from slimtune.baseline import cache_dir
-from slimtune.latency import MeasureProtocol
+from slimtune.measurement.latency import MeasureProtocol
 from slimtune.policy import write_text_atomic
 from slimtune.runtimes import get_runtime
 from slimtune.spec import JobSpec
@@ -205,7 +205,7 @@ class LayerLUT:
 
     def ensure(self, configs: Iterable[LayerConfig]) -> int:
         """Measure the configurations not in the table yet; returns how many were measured."""
-        from slimtune.targets import measure_many_on_target
+        from slimtune.measurement.targets import measure_many_on_target
 
         missing = {self.key(c): c for c in configs if self.key(c) not in self.entries}
         if not missing:

@@ -17,9 +17,9 @@ import numpy as np
 from torch import nn
 
 from slimtune.baseline import cache_dir
-from slimtune.latency import MeasureProtocol
-from slimtune.layer_lut import LUT_VERSION, target_key
 from slimtune.layers import LayerTable
+from slimtune.measurement.latency import MeasureProtocol
+from slimtune.measurement.layer_lut import LUT_VERSION, target_key
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.spaces import SearchSpace
 from slimtune.spec import JobSpec
@@ -92,10 +92,10 @@ def measure_policies(spec: JobSpec, model: nn.Module, table: LayerTable,
     shared machine is spread over all of them (not cached); otherwise each is measured
     alone through the latency cache, exactly as a trial does."""
     from slimtune.export import export_onnx, quantize_onnx
-    from slimtune.latency import machine_lock
+    from slimtune.measurement.latency import machine_lock
+    from slimtune.measurement.targets import measure_many_on_target, measure_on_target
     from slimtune.methods.apply import compressed_structure
-    from slimtune.targets import measure_many_on_target, measure_on_target
-    from slimtune.trial import int8_layers
+    from slimtune.methods.quantization import int8_layers
 
     t = spec.target
     shape = table.input_shape

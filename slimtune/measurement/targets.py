@@ -4,7 +4,7 @@ A target is named in the spec (``target: {name: edge-box}``). ``local`` is this 
 Any other name is a node of the Ray cluster started with the custom resource
 ``target:<name>`` (``ray start --address HEAD:6379 --resources '{"target:edge-box": 1}'``):
 the exported model is shipped to it as bytes, timed there with the same protocol and
-machine lock (:func:`slimtune.latency.measure_model`), and the figures come back. The
+machine lock (:func:`slimtune.measurement.latency.measure_model`), and the figures come back. The
 resource amount of 1 also makes Ray run one measurement at a time on that target.
 
 Measurements are cached on disk under ``$SLIMTUNE_CACHE/latency/`` by a hash of the exported
@@ -34,7 +34,12 @@ from torch import nn
 
 from slimtune.baseline import cache_dir
 from slimtune.errors import UserInputError
-from slimtune.latency import LatencyStats, MeasureProtocol, measure_latency, measure_model
+from slimtune.measurement.latency import (
+    LatencyStats,
+    MeasureProtocol,
+    measure_latency,
+    measure_model,
+)
 from slimtune.policy import write_text_atomic
 from slimtune.runtimes import get_runtime
 
