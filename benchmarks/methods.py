@@ -33,8 +33,8 @@ from pathlib import Path
 from slimtune.errors import BudgetError
 from slimtune.job import JobOutcome, run_job
 from slimtune.measurement.latency import RUNTIMES, MeasureProtocol, measure_latency
-from slimtune.pareto import pareto_front
 from slimtune.policy import ALLOWED_BITS, Policy
+from slimtune.results.pareto import pareto_front
 from slimtune.spec import JobSpec, load_spec, parse_spec
 
 RANKS = [0.125, 0.25, 0.375, 0.5, 0.75]

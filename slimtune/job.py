@@ -3,7 +3,7 @@
 ``preflight`` does every check that needs no training, so bad input ends with one line
 and exit 2 before an output directory or an MLflow run exists. ``run_job`` then trains
 (or loads) the baseline, measures it, runs the search through Ray Tune with every trial
-in MLflow, and writes the output directory (see ``slimtune.outputs``).
+in MLflow, and writes the output directory (see ``slimtune.results.outputs``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from slimtune.chance import ChanceBaselineError
@@ -19,12 +19,14 @@ from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import OBJECTIVES, flat_metrics
 from slimtune.job_baseline import BaselineFigures, MeasuredBaseline, baseline_stage
 from slimtune.measurement.latency import MeasureProtocol
-from slimtune.outputs import append_trial, copy_trial, write_json
-from slimtune.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
 from slimtune.policy import Policy, write_text_atomic
 from slimtune.preflight import Prepared, preflight, print_line, uses_scoring
 from slimtune.progress import Progress
 from slimtune.result import TrialResult
+from slimtune.results.outcome import JobOutcome
+from slimtune.results.outputs import append_trial, copy_trial, write_json
+from slimtune.results.pareto import best_feasible, normalized_hypervolume, pareto_front, plot_pareto
+from slimtune.results.tracking import PENDING_FILE, Tracker
 from slimtune.resume import (
     check_resume,
     clear_unfinished,
@@ -37,7 +39,6 @@ from slimtune.resume import (
 )
 from slimtune.search.base import Searcher
 from slimtune.spec import JobSpec
-from slimtune.tracking import PENDING_FILE, Tracker
 
 log = logging.getLogger("slimtune")
 
@@ -60,22 +61,6 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    out_dir: Path
-    results: list[TrialResult]
-    front: list[TrialResult]
-    best: TrialResult | None
-    baseline: dict
-    budget_ms: float
-    hypervolume: float
-    tracking_uri: str
-    parent_run_id: str
-    wall_seconds: float
-    search_seconds: float  # Ray start to Ray shutdown
-    trial_seconds: float  # the sum of the trials' own time inside their workers
 
 
 def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: str | None = None,
@@ -298,8 +283,8 @@ def _tune_trials(prep: Prepared, measured: MeasuredBaseline, searcher: Searcher,
 
 def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialResult],
             base: dict, budget: float, start: float, search_seconds: float) -> JobOutcome:
-    from slimtune.front import publish_front
-    from slimtune.pareto import reference_points
+    from slimtune.results.front import publish_front
+    from slimtune.results.pareto import reference_points
 
     front = pareto_front(results, spec.objectives)
     best = best_feasible(results)
@@ -345,7 +330,7 @@ def _finish(spec: JobSpec, out_dir: Path, tracker: Tracker, results: list[TrialR
 def _report(out_dir: Path, tracker: Tracker, parent: str) -> None:
     """``report.html`` (slimtune.commands.report), attached to the parent run; a report
     that cannot be built costs a warning, not the finished search."""
-    from slimtune.report import write_report
+    from slimtune.results.report import write_report
 
     try:
         path = write_report(out_dir, out_dir / "report.html")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from slimtune.pareto import best_feasible, pareto_front
 from slimtune.result import TrialResult
+from slimtune.results.pareto import best_feasible, pareto_front
 
 
 class Progress:

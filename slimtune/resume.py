@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import UserInputError
-from slimtune.outputs import read_trials, write_json
 from slimtune.policy import write_text_atomic
 from slimtune.result import TrialResult
+from slimtune.results.outputs import read_trials, write_json
 from slimtune.spec import JobSpec
 
 STATE_FILE = "state.json"
@@ -113,7 +113,7 @@ def sync_or_stop(tracker, out_dir: Path) -> None:
     import os
     import time
 
-    from slimtune.tracking import TrackingUnavailable
+    from slimtune.results.tracking import TrackingUnavailable
 
     deadline = time.monotonic() + float(os.environ.get("SLIMTUNE_MLFLOW_SYNC_S", "60"))
     while not tracker.sync():

@@ -204,7 +204,7 @@ def save_trial_model(out: Path, model: nn.Module, policy: Policy, ctx: TrialCont
     """``policy.json`` and ``model.pt``: the state dict and what rebuilds the architecture.
 
     ``model.pt`` holds only tensors and plain values, so it loads with
-    ``torch.load(weights_only=True)`` (see ``slimtune.outputs.load_compressed``).
+    ``torch.load(weights_only=True)`` (see ``slimtune.results.outputs.load_compressed``).
     """
     policy.save(out / "policy.json")
     save_layer_table(out, ctx.table)

@@ -25,8 +25,8 @@ from slimtune.layers import LayerTable, build_layer_table
 from slimtune.models import ModelError, load_weights, output_note
 from slimtune.objective import Objective
 from slimtune.probe import probed_space
+from slimtune.results.tracking import check_tracking_uri
 from slimtune.spec import JobSpec
-from slimtune.tracking import check_tracking_uri
 from slimtune.userdata import load_data
 
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from slimtune.export import export_onnx
-from slimtune.front import publish_front
-from slimtune.pareto import pareto_front
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
+from slimtune.results.front import publish_front
+from slimtune.results.pareto import pareto_front
+from slimtune.results.tracking import Tracker
 from slimtune.spec import parse_spec
-from slimtune.tracking import Tracker
 from tests.jobs import tiny_job
 
 INPUT = (1, 8, 8)

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from slimtune.cli import main
-from slimtune.outputs import read_trials
 from slimtune.policy import Policy
+from slimtune.results.outputs import read_trials
 from tests.jobs import write_job
 
 

@@ -17,10 +17,10 @@ from slimtune.evaluate.trial_eval import job_reference
 from slimtune.layers import build_layer_table
 from slimtune.measurement.latency import MeasureProtocol
 from slimtune.models import build_builtin
-from slimtune.outputs import append_trial, write_json
-from slimtune.pareto import pareto_front
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
+from slimtune.results.outputs import append_trial, write_json
+from slimtune.results.pareto import pareto_front
 from slimtune.spec import parse_spec
 from slimtune.trial import TrialContext, deploy, run_trial
 from tests.jobs import tiny_job, write_job

@@ -143,7 +143,7 @@ def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_pa
 
 def test_the_summary_says_when_the_search_found_a_references_policy(tmp_path):
     from slimtune.job import JobOutcome
-    from slimtune.summary import reference_lines
+    from slimtune.results.summary import reference_lines
 
     int8 = Policy(bits={"conv": 8})
 

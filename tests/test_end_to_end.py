@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from slimtune.cli import main
-from slimtune.outputs import load_compressed
+from slimtune.results.outputs import load_compressed
 from tests.jobs import write_job
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import yaml
 
 from slimtune.cli import main
 from slimtune.data import fashion_mnist_dir
-from slimtune.outputs import read_trials
+from slimtune.results.outputs import read_trials
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

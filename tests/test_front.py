@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slimtune.front import TABLE_FILE, job_links, read_links
-from slimtune.front_html import front_html, hover_text
-from slimtune.pareto import (
+from slimtune.results.front import TABLE_FILE, job_links, read_links
+from slimtune.results.front_html import front_html, hover_text
+from slimtune.results.pareto import (
     Reference,
     chart_points,
     front_2d,
@@ -20,8 +20,8 @@ from slimtune.pareto import (
     policy_summary,
     reference_points,
 )
+from slimtune.results.tracking import front_filter, runs_url
 from slimtune.spec import parse_spec
-from slimtune.tracking import front_filter, runs_url
 from tests.front_helpers import INPUT, MIXED, published_job, rows
 from tests.jobs import tiny_job
 
@@ -108,7 +108,7 @@ def test_registered_model_gives_the_trials_logits(job, tmp_path):
     import mlflow.onnx
     import mlflow.pyfunc
 
-    from slimtune.registry import _mlflow_store, export_registered, onnx_logits
+    from slimtune.results.registry import _mlflow_store, export_registered, onnx_logits
 
     tmp, spec, tracker, parent, results, front, best, links = job
     assert [m["trial"] for m in links.models] == [1, 2, 0]  # best last: the newest version
@@ -181,7 +181,7 @@ def test_dashboard_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 def test_summary_prints_the_ui_links(job, capsys):
     from slimtune.job import JobOutcome
-    from slimtune.summary import print_summary
+    from slimtune.results.summary import print_summary
 
     tmp, spec, tracker, parent, results, front, best, links = job
     base = {"accuracy": 0.92, "test_accuracy": 0.91, "latency_ms": 10.0, "size_bytes": 1000,
@@ -194,7 +194,7 @@ def test_summary_prints_the_ui_links(job, capsys):
 
 
 def test_republishing_untags_runs_that_left_the_front(job):
-    from slimtune.front import publish_front
+    from slimtune.results.front import publish_front
 
     tmp, spec, tracker, parent, results, front, best, links = job
     smaller = [r for r in front if r.trial_id != 1]  # as if a resumed job found better

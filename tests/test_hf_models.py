@@ -152,7 +152,7 @@ def test_run_export_and_onnx_runtime_end_to_end(family: str, tmp_path, capsys) -
 
     from slimtune.cli import main
     from slimtune.data import load_dataset
-    from slimtune.outputs import load_compressed
+    from slimtune.results.outputs import load_compressed
     from tests.jobs import tiny_job
 
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():

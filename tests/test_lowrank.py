@@ -33,8 +33,8 @@ from slimtune.methods.apply import apply_policy, compressed_structure, prune_str
 from slimtune.methods.quantization import int8_layers
 from slimtune.models import build_builtin
 from slimtune.models.zoo import ZOO
-from slimtune.outputs import append_trial, load_compressed
 from slimtune.policy import Policy
+from slimtune.results.outputs import append_trial, load_compressed
 from slimtune.search.uniform import UniformSearcher
 from slimtune.spaces import SearchSpace
 from slimtune.spec import parse_spec

@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimtune.pareto import (
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+from slimtune.results.pareto import (
     best_feasible,
     dominates,
     hypervolume,
@@ -11,8 +13,6 @@ from slimtune.pareto import (
     pareto_front,
     plot_pareto,
 )
-from slimtune.policy import Policy
-from slimtune.result import TrialResult
 
 
 def r(i, acc, lat, size, state="ok"):

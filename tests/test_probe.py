@@ -253,7 +253,7 @@ def test_run_uniform_on_unseen_models(tmp_path, capsys, arch) -> None:
     """The issue's jobs: ``slimtune run``, uniform, 2 trials, on the unseen models. The
     budget is loose: ShuffleNetV2's pruned model measured 0.80x of its baseline once, and
     a loaded machine's noise put it over a 0.9x budget in another run."""
-    from slimtune.outputs import read_trials
+    from slimtune.results.outputs import read_trials
 
     job = write_job(tmp_path, model={"import": f"slimtune.models.unseen:{arch}"},
                     data={"dataset": "synthetic", "train_size": 256, "val_size": 128,

@@ -9,7 +9,7 @@ from slimtune.cli import main
 from slimtune.job import JobOutcome
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.summary import failure_line
+from slimtune.results.summary import failure_line
 from tests.jobs import write_job
 
 BASE = {"accuracy": 0.9, "test_accuracy": 0.9, "latency_ms": 1.0, "size_bytes": 1000,

@@ -165,7 +165,7 @@ def test_job_commands_refused_say_which_variable_to_set(job_api, home):
 
 
 def test_the_mlflow_ui_command_slimtune_prints_binds_to_loopback(tmp_path):
-    from slimtune.tracking import ui_command
+    from slimtune.results.tracking import ui_command
 
     command = ui_command(f"sqlite:///{tmp_path / 'mlruns.db'}")
     assert command.startswith("mlflow ui ") and "--host 127.0.0.1" in command.split(" --port")[0]

@@ -5,7 +5,7 @@ import pytest
 from slimtune.errors import UserInputError
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
-from slimtune.tracking import Tracker, check_tracking_uri, ui_command
+from slimtune.results.tracking import Tracker, check_tracking_uri, ui_command
 
 
 def _status(tracker: Tracker, run_id: str) -> str:

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
+from slimtune.results.tracking import PLACEHOLDER, Tracker, TrackingUnavailable
 from slimtune.resume import sync_or_stop
-from slimtune.tracking import PLACEHOLDER, Tracker, TrackingUnavailable
 from tests.raycluster import free_ports
 
 

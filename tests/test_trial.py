@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from slimtune.measurement.latency import MeasureProtocol
-from slimtune.outputs import load_compressed
 from slimtune.policy import Policy
+from slimtune.results.outputs import load_compressed
 from slimtune.trial import TrialContext, run_trial
 from tests.jobs import tiny_trial_context
 

@@ -175,7 +175,7 @@ def test_folder_data_and_a_dict_model_end_to_end(tmp_path, capsys) -> None:
     """A user's image folder and a model returning a dict, through Ray trials, int8
     ONNX export, ``slimtune export`` and reload."""
     from slimtune.models import LogitsOf
-    from slimtune.outputs import load_compressed
+    from slimtune.results.outputs import load_compressed
 
     write_image_folder(tmp_path / "pics", size=(12, 12), counts={"train": 30, "test": 8})
     job = {**tiny_job(tmp_path), "data": {"folder": "pics"}, "evaluate": ["per_class"],

@@ -67,7 +67,7 @@ def _train(spec, problem, env, out: Path, timesteps: int) -> int:
     from slimtune.agents import propose_policy, train_agent
     from slimtune.commands.apply import say
     from slimtune.job import _flat_params
-    from slimtune.tracking import Tracker
+    from slimtune.results.tracking import Tracker
 
     tracker = Tracker(spec.tracking_uri, spec.experiment)
     try:

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.envs.compression import CompressionEnv
     from slimtune.envs.problem import prepare_problem
     from slimtune.job import run_job
+    from slimtune.results.summary import print_summary
     from slimtune.search.fixed import FixedSearcher
-    from slimtune.summary import print_summary
     from slimtune.trial import save_layer_table
 
     problem = prepare_problem(spec, say=say)

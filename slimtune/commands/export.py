@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimtune.outputs import copy_trial
-    from slimtune.registry import is_registry_uri
+    from slimtune.results.outputs import copy_trial
+    from slimtune.results.registry import is_registry_uri
 
     if is_registry_uri(args.dir):
         return _export_registered(args)
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 def _export_registered(args: argparse.Namespace) -> int:
     import os
 
-    from slimtune.registry import export_registered
-    from slimtune.tracking import check_tracking_uri, sqlite_path
+    from slimtune.results.registry import export_registered
+    from slimtune.results.tracking import check_tracking_uri, sqlite_path
 
     if args.trial is not None or args.format != "onnx":
         raise UserInputError("a registry URI names one model: --trial and --format "

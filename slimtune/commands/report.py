@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--out {args.out}: the report is HTML; name it *.html")
     if not args.out.parent.resolve().is_dir():
         raise UserInputError(f"--out {args.out}: directory {args.out.parent} does not exist")
-    from slimtune.report import write_report
+    from slimtune.results.report import write_report
 
     path = write_report(args.dir, args.out, args.trial)
     print(path)
@@ -53,7 +53,7 @@ def _attach(out_dir: Path, path: Path) -> None:
               file=sys.stderr)
         return
     try:
-        from slimtune.tracking import _quiet_mlflow
+        from slimtune.results.tracking import _quiet_mlflow
 
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
     from slimtune.job import run_job
-    from slimtune.summary import failure_line, print_summary
-    from slimtune.tracking import TrackingUnavailable
+    from slimtune.results.summary import failure_line, print_summary
+    from slimtune.results.tracking import TrackingUnavailable
 
     # `slimtune stop` (Ray) and process managers send SIGTERM: stop like Ctrl-C, so every
     # MLflow run is closed as KILLED instead of being left RUNNING.

@@ -21,16 +21,16 @@ from slimtune.evaluators import Evaluator
 from slimtune.evaluators.factory import build_evaluator as make_evaluator
 from slimtune.measurement.latency import machine_lock
 from slimtune.measurement.screening import Screen
-from slimtune.outputs import append_trial
 from slimtune.pipeline.finalize import finalize_steps
 from slimtune.pipeline.measure import MAX_TIMINGS, Budget
 from slimtune.pipeline.run import ScoringSearch, run_scoring_search
 from slimtune.policy import write_text_atomic
 from slimtune.progress import ScoringProgress
 from slimtune.result import TrialResult
+from slimtune.results.outputs import append_trial
+from slimtune.results.tracking import Tracker
 from slimtune.search.base import Searcher
 from slimtune.spaces import SearchSpace
-from slimtune.tracking import Tracker
 from slimtune.trial import TrialContext
 
 CANDIDATES_FILE = "candidates.jsonl"

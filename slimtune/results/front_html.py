@@ -1,7 +1,7 @@
 """``pareto.html``: the front chart as one self-contained HTML file (inline SVG, no scripts
 or fonts fetched from anywhere), so it opens offline and as an MLflow artifact.
 
-The same points as ``pareto.png`` (``slimtune.pareto.chart_points``). Hovering a marker
+The same points as ``pareto.png`` (``slimtune.results.pareto.chart_points``). Hovering a marker
 shows its trial, policy summary, accuracy, latency and size: through a small inline
 script, and through SVG ``<title>`` tooltips where scripts are blocked (sandboxed viewers).
 """
@@ -12,7 +12,7 @@ import html
 import json
 from collections.abc import Sequence
 
-from slimtune.pareto import ChartPoint
+from slimtune.results.pareto import ChartPoint
 
 _W, _H = 820, 500
 _L, _R, _T, _B = 70, 200, 40, 60  # margins; the legend sits in the right one

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from slimtune.front import read_links
-from slimtune.job import JobOutcome
 from slimtune.result import REFERENCE_LABELS as REFERENCE_NAMES
-from slimtune.tracking import absolute_uri, ui_command
+from slimtune.results.front import read_links
+from slimtune.results.outcome import JobOutcome
+from slimtune.results.tracking import absolute_uri, ui_command
 
 
 def front_table(outcome: JobOutcome) -> str:

@@ -22,9 +22,9 @@ import yaml
 
 from slimtune.errors import UserInputError
 from slimtune.evaluate.registry import BOUNDS, GROUPS, OBJECTIVES
-from slimtune.outputs import read_trials
 from slimtune.policy import write_text_atomic
 from slimtune.result import TrialResult
+from slimtune.results.outputs import read_trials
 
 _ROWS = (  # (key, label) of the metric table, in order
     ("accuracy", "validation accuracy"), ("test_accuracy", "test accuracy"),

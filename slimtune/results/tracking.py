@@ -167,7 +167,7 @@ class Tracker:
         db = sqlite_path(self.uri)
         location = (db.parent / "mlartifacts" / name).as_uri() if db is not None else None
         # marks a training experiment; the MLflow 3.17 UI still opens on its GenAI view
-        # (the printed links carry workflowType=machine_learning: slimtune.front)
+        # (the printed links carry workflowType=machine_learning: slimtune.results.front)
         return self.client.create_experiment(
             name, artifact_location=location,
             tags={"mlflow.experimentKind": "custom_model_development"})

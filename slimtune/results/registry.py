@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from slimtune.errors import UserInputError
-from slimtune.outputs import TRIAL_FILES
-from slimtune.pareto import policy_summary
 from slimtune.result import TrialResult
+from slimtune.results.outputs import TRIAL_FILES
+from slimtune.results.pareto import policy_summary
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name on its run

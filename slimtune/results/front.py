@@ -6,9 +6,9 @@
   ``slimtune.rank`` (1 = fastest), the best trial's also ``slimtune.best = true``, so
   the runs-table filter ``tags.`slimtune.pareto` = 'true'`` lists the front;
 - the parent run gets the front as an MLflow table (``pareto_front.json``, shown by the UI's
-  artifact view) and the interactive chart ``pareto.html`` (``slimtune.front_html``);
+  artifact view) and the interactive chart ``pareto.html`` (``slimtune.results.front_html``);
 - the best trial's model (``tracking.log_models: front``: every front model) is logged with
-  the ONNX flavour and, with ``tracking.register_as``, registered (``slimtune.registry``);
+  the ONNX flavour and, with ``tracking.register_as``, registered (``slimtune.results.registry``);
 - ``DIR/mlflow.json`` keeps the UI links that the end-of-job summary prints.
 """
 
@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from slimtune.front_html import front_html
-from slimtune.outputs import write_json
-from slimtune.pareto import (
+from slimtune.result import TrialResult
+from slimtune.results.front_html import front_html
+from slimtune.results.outputs import write_json
+from slimtune.results.pareto import (
     Reference,
     chart_points,
     front_2d,
     policy_summary,
     reference_points,
 )
-from slimtune.result import TrialResult
-from slimtune.tracking import (
+from slimtune.results.tracking import (
     Tracker,
     children_filter,
     front_filter,
@@ -110,7 +110,7 @@ def publish_front(tracker: Tracker, parent_run_id: str, results: Sequence[TrialR
     """Tag, table, chart and models of a finished job's front (see the module docstring).
 
     ``references``: labelled points to mark besides the reference policies found among
-    the trials (``slimtune.pareto.reference_points``). ``example``: a few real inputs for
+    the trials (``slimtune.results.pareto.reference_points``). ``example``: a few real inputs for
     the logged models' input example (default: ``baseline/saliency.npz``'s, else random).
     A model that cannot be logged costs a warning, not the finished job.
     """
@@ -175,7 +175,7 @@ def _log_models(tracker: Tracker, front: Sequence[TrialResult], best: TrialResul
                 out_dir: Path, spec: Any, example: np.ndarray | None) -> list[dict[str, Any]]:
     """The best model (``log_models: front``: every front model, best last so its version
     is the newest) logged and registered; skipped while MLflow is unreachable."""
-    from slimtune.registry import log_trial_model, set_best_alias
+    from slimtune.results.registry import log_trial_model, set_best_alias
 
     track = spec.tracking
     mode = getattr(track, "log_models", "best")

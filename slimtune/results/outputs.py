@@ -7,7 +7,7 @@ DIR/pareto.json         the non-dominated feasible trials, plus baseline and bud
 DIR/pareto.png          accuracy vs measured latency: the 2-D staircase, size-only front
                         points, over-budget/failed trials greyed, budget, baseline, references
 DIR/pareto.html         the same chart, self-contained, with hover details and the front table
-DIR/mlflow.json         the MLflow UI links and logged/registered models (slimtune.front)
+DIR/mlflow.json         the MLflow UI links and logged/registered models (slimtune.results.front)
 DIR/best/               policy.json, model.onnx, model.pt of the best feasible trial
 DIR/baseline/           the uncompressed model as deployed (model.onnx)
 DIR/trials/ID/          each feasible trial's policy.json, model.onnx, model.pt
