@@ -154,9 +154,11 @@ def test_the_summary_says_when_the_search_found_a_references_policy(tmp_path):
 
     rows = [final(1, int8, 0.850), final(9, int8, 0.849, "int8"),
             final(10, Policy(prune={"g": 0.5}), 0.82, "uniform")]
-    outcome = JobOutcome(tmp_path, rows, rows, rows[0], {}, 6.0, 0.1, "", "", 1.0, 1.0, 1.0)
+    outcome = JobOutcome(tmp_path, rows, rows, rows[1], {}, 6.0, 0.1, "", "", 1.0, 1.0, 1.0)
     lines = reference_lines(outcome)
     int8_line = next(line for line in lines if "int8 only" in line)
     uniform_line = next(line for line in lines if "uniform" in line)
     assert "+0.10 pp val" in int8_line and "the search's best is this policy" in int8_line
     assert "+3.00 pp val" in uniform_line and "this policy" not in uniform_line
+    assert lines[-1] == "  best model: the int8 only reference (#9), the same policy as the " \
+        "search's best (#1)"

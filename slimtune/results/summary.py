@@ -56,9 +56,11 @@ def reference_lines(outcome: JobOutcome) -> list[str]:
                      f"{_ratio(r)} of the baseline (#{r.trial_id}){within}{diff}{same}")
     best = outcome.best
     if best is not None and best.reference:
-        lines.append(f"  best model: the {REFERENCE_NAMES.get(best.reference, best.reference)} "
-                     "reference (#{}), the search found nothing better on validation"
-                     .format(best.trial_id))
+        name = REFERENCE_NAMES.get(best.reference, best.reference)
+        found = searched is not None and searched.policy.key() == best.policy.key()
+        lines.append(f"  best model: the {name} reference (#{best.trial_id}), " + (
+            f"the same policy as the search's best (#{searched.trial_id})" if found
+            else "the search found nothing better on validation"))
     return lines
 
 
