@@ -133,3 +133,20 @@ def test_a_policy_the_job_has_timed_is_predicted_as_measured():
     assert not screen.admits(int8)
     screen.record(int8, 5.1, margin=False)  # the reference, timed
     assert screen.predicted_ms(int8) == pytest.approx(5.1) and screen.admits(int8)
+
+
+def test_a_graph_of_mixed_precision_learns_its_own_margin():
+    """The alternating anchor ran 0.8x where all-int8 ran 0.5x: one shared int8 margin
+    made every all-int8 candidate look slow. With the space's int8-capable layers known,
+    the two are apart."""
+    layers = ("a", "b")
+    int8 = Policy(bits={"a": 8, "b": 8})
+    mixed = Policy(bits={"a": 8})
+    assert precision(int8, layers) == "int8" and precision(mixed, layers) == "mixed"
+    assert precision(mixed) == "int8"  # without the layers a policy cannot tell
+    assert precision(Policy(prune={"g": 0.5}), layers) == "fp32"
+    screen = Screen(lambda p: 5.0, budget_ms=6.0, layers=layers)
+    screen.record_anchors([(int8, 5.0), (mixed, 9.0)])  # no refit: each its own ratio
+    assert screen.margin("int8") == pytest.approx(1.0)
+    assert screen.margin("mixed") == pytest.approx(1.8)
+    assert screen.admits(int8) and not screen.admits(Policy(bits={"b": 8}))

@@ -49,9 +49,10 @@ def build_evaluator(ctx: TrialContext, baseline: nn.Module, space: SearchSpace,
 
 
 def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
-                 say: Callable[[str], None]) -> Screen:
+                 say: Callable[[str], None], space: SearchSpace | None = None) -> Screen:
     """The measured per-layer latency predictor (cached per target) behind the screen;
-    for a fractional budget it predicts ratios to the baseline, as the budget is checked."""
+    for a fractional budget it predicts ratios to the baseline, as the budget is checked.
+    The layers of ``space`` that may run int8 tell a mixed-precision graph apart."""
     from slimtune.measurement.predictor import build_predictor
 
     with machine_lock("shared"):
@@ -60,7 +61,10 @@ def build_screen(ctx: TrialContext, baseline: nn.Module, budget: Budget,
                                 calibration_x=calib)
     say(predictor.describe())
     scale = budget.baseline_ms if budget.fraction is not None else None
-    return Screen(predictor.predict_ms, budget.ms, refit=predictor.refit, scale_ms=scale)
+    int8_capable = () if space is None else tuple(
+        n for n, bs in space.bits.items() if min(bs) <= 8)
+    return Screen(predictor.predict_ms, budget.ms, refit=predictor.refit, scale_ms=scale,
+                  layers=int8_capable)
 
 
 def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
@@ -70,7 +74,7 @@ def scoring_search(ctx: TrialContext, space: SearchSpace, searcher: Searcher,
     spec = ctx.spec
     budget = Budget(ms=ctx.budget_ms, fraction=spec.budget.latency_fraction,
                     baseline_ms=float(baseline_ms))
-    screen = build_screen(ctx, baseline, budget, say)
+    screen = build_screen(ctx, baseline, budget, say, space)
     say(f"evaluator {spec.search.evaluator}: building")
     evaluator = build_evaluator(ctx, baseline, space, say)
     reference: Any = out_dir / "baseline" / "model.onnx"

@@ -151,8 +151,9 @@ def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[Tri
     if rows:
         s.say("latency anchors: " + ", ".join(
             f"{_anchor_name(r.policy)} {r.latency_ratio or 0:.2f}x" for r in rows)
-            + f" of the baseline (screen margin fp32 x{s.screen.margin('fp32'):.2f}, "
-            f"int8 x{s.screen.margin('int8'):.2f})")
+            + " of the baseline (screen margin " + ", ".join(
+                f"{c} x{s.screen.margin(c):.2f}" for c in ("fp32", "int8", "mixed")
+                if c in s.screen.classes) + ")")
     return rows
 
 
