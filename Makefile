@@ -40,7 +40,7 @@ demo: setup data
 	$(BIN)/slimtune run quickstart --out $(OUT) --overwrite
 
 test: setup data lint
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "slow or not slow" --durations=20
 
 test-fast: setup
 	$(BIN)/python -m pytest -q
