@@ -91,13 +91,18 @@ class Screen:
         """Predicted within ``slack`` times the budget (1: within it)."""
         return self.predicted_ms(policy) <= self.budget_ms * slack
 
+    def know(self, policy: Policy, measured_ms: float) -> None:
+        """Predict ``policy`` as ``measured_ms`` from now on (a re-timing of a policy
+        already recorded: nothing new for the margin or the refit)."""
+        if measured_ms > 0:
+            self.known[policy.key()] = measured_ms
+
     def record(self, policy: Policy, measured_ms: float, *, margin: bool = True) -> None:
         """Learn from a measurement of ``policy`` (in the budget's units). ``margin=False``
         (the references: uniform policies, another region of the space than the search's)
         refits the predictor without moving the margin the searched candidates get."""
         raw = self.raw_ms(policy)  # before the refit: an out-of-sample error
-        if measured_ms > 0:
-            self.known[policy.key()] = measured_ms
+        self.know(policy, measured_ms)
         if raw > 0 and measured_ms > 0:
             if margin:
                 self.ratios.append(measured_ms / raw)

@@ -151,7 +151,7 @@ def settle_the_edge(ctx: TrialContext, rows: Sequence[TrialResult], *, take: int
                and budget.near(pooled(timings.of(key)))):
             row = measure_candidate(ctx, row, baseline, budget, timings)
             if screen is not None:
-                screen.known[key] = row.latency_ms or 0.0
+                screen.know(row.policy, row.latency_ms or 0.0)
             on_row(row)
         out[row.trial_id] = row
         within += row.feasible

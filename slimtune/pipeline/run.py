@@ -10,7 +10,7 @@ from typing import Any
 from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
 from slimtune.measurement.paired import PairedTimings
-from slimtune.measurement.screening import Screen
+from slimtune.measurement.screening import Screen, precision
 from slimtune.pipeline.finalize import finalize_in_ray
 from slimtune.pipeline.measure import (
     Budget,
@@ -150,18 +150,16 @@ def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[Tri
     s.screen.record_anchors([(r.policy, r.latency_ms or 0.0) for r in rows])
     if rows:
         s.say("latency anchors: " + ", ".join(
-            f"{_anchor_name(r.policy)} {r.latency_ratio or 0:.2f}x" for r in rows)
+            f"{_anchor_name(r.policy, s.screen)} {r.latency_ratio or 0:.2f}x" for r in rows)
             + " of the baseline (screen margin " + ", ".join(
                 f"{c} x{s.screen.margin(c):.2f}" for c in ("fp32", "int8", "mixed")
                 if c in s.screen.classes) + ")")
     return rows
 
 
-def _anchor_name(policy: Policy) -> str:
-    bits = {policy.bits_of(n) <= 8 for n in policy.bits} or {False}
-    prec = "mixed" if len(bits) == 2 else "int8" if bits == {True} else "fp32"
+def _anchor_name(policy: Policy, screen: Screen) -> str:
     ratio = max(policy.prune.values(), default=0.0)
-    return f"{prec}@{ratio:g}"
+    return f"{precision(policy, screen.layers)}@{ratio:g}"
 
 
 def _reference_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[TrialResult]:
