@@ -35,7 +35,9 @@ class TrialResult:
     evaluated: ``accuracy`` and ``test_accuracy`` are the deployed model's). Only final
     rows are models a user is handed (``has_model``). ``reference`` names what a user
     would do by hand (``int8``, ``uniform``) when the row is that baseline, finalized by
-    the same recipe in the same run.
+    the same recipe in the same run. ``model_of`` is the trial whose final model this
+    row is: a reference whose policy a searched winner has, from the same start network,
+    is fine-tuned once and both rows hand out that model.
     """
 
     trial_id: int
@@ -61,6 +63,7 @@ class TrialResult:
     latency_ratio: float | None = None
     reference: str = ""
     finetune_steps: int | None = None
+    model_of: int | None = None
 
     @property
     def feasible(self) -> bool:

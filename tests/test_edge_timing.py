@@ -162,3 +162,90 @@ def test_the_summary_says_when_the_search_found_a_references_policy(tmp_path):
     assert "+3.00 pp val" in uniform_line and "this policy" not in uniform_line
     assert lines[-1] == "  best model: the int8 only reference (#9), the same policy as the " \
         "search's best (#1)"
+
+
+@pytest.mark.parametrize("own_start", [False, True])
+def test_a_reference_the_search_found_is_fine_tuned_once(tmp_path, monkeypatch, own_start):
+    """The search's winner is the int8-only policy and both start from the same network
+    (bn_recal): one fine-tune, both rows hand out that model (its files under both ids).
+    With a start of their own (a supernet search), the reference is fine-tuned itself."""
+    from slimtune.measurement.screening import Screen
+    from slimtune.pipeline import run as run_stage
+    from slimtune.pipeline.references import int8_reference
+    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
+    from slimtune.pipeline.score import LocalPool
+    from slimtune.search.random_search import RandomSearcher
+    from slimtune.spaces import SearchSpace
+    from tests.jobs import tiny_trial_context
+    from tests.test_pipeline import _evaluator
+
+    ctx = tiny_trial_context(tmp_path)
+    ctx = replace(ctx, spec=ctx.spec.with_sections(
+        search={"candidates": 8, "trials": 8}, finalize={"top_k": 1, "references": True},
+        scoring={"anchors": False}))
+    space = SearchSpace.from_table(ctx.table, (0.0, 0.5), (32, 8), round_to=1)
+    int8 = int8_reference(space)
+    budget = Budget(ms=6.0, fraction=0.6, baseline_ms=10.0)
+
+    def fake_measure(ctx_, row, baseline, budget_, timings=None):
+        paired = timings.add(row.policy.key(),
+                             _timing(0.45 if row.policy.key() == int8.key() else 0.9))
+        return replace(row, stage="measured", state="ok" if budget_.met(paired) else
+                       "infeasible", latency_ratio=paired.ratio,
+                       latency_ms=paired.ratio * budget_.baseline_ms)
+
+    finalized: list[TrialResult] = []
+
+    def fake_finalize(ctx_, evaluator, rows, baseline, budget_, on_row, **kw):
+        for r in rows:
+            (ctx_.trials_dir / str(r.trial_id)).mkdir(parents=True)
+            (ctx_.trials_dir / str(r.trial_id) / "model.onnx").write_bytes(b"%d" % r.trial_id)
+            finalized.append(r)
+            on_row(replace(r, stage="final", accuracy=0.8 + r.trial_id / 1000,
+                           test_accuracy=0.79))
+
+    monkeypatch.setattr(run_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
+    monkeypatch.setattr(run_stage, "finalize_in_ray", fake_finalize)
+    s = ScoringSearch(ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=8),
+                      evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0),
+                      budget=budget, baseline=None, on_row=lambda r: None,
+                      references_start=_evaluator(ctx) if own_start else None)
+    out = run_scoring_search(s)
+    winner = next(r for r in out if r.stage == "final" and not r.reference)
+    ref = next(r for r in out if r.reference == "int8")
+    assert winner.policy.key() == int8.key() and ref.stage == "final"
+    if own_start:
+        assert ref.model_of is None
+        assert sorted(r.trial_id for r in finalized) == [winner.trial_id, ref.trial_id]
+        return
+    assert [r.trial_id for r in finalized] == [winner.trial_id]
+    assert ref.model_of == winner.trial_id and ref.accuracy == winner.accuracy
+    assert ref.trial_id != winner.trial_id and ref.score is not None
+    assert (ctx.trials_dir / str(ref.trial_id) / "model.onnx").read_bytes() == \
+        b"%d" % winner.trial_id
+
+
+def test_the_summary_says_one_model_serves_the_search_and_its_reference(tmp_path):
+    from slimtune.job import JobOutcome
+    from slimtune.results.summary import reference_lines
+
+    int8 = Policy(bits={"conv": 8})
+    rows = [TrialResult(trial_id=1, policy=int8, state="ok", stage="final", accuracy=0.85,
+                        test_accuracy=0.84, latency_ratio=0.52),
+            TrialResult(trial_id=5, policy=Policy(prune={"g": 0.5}), state="ok", stage="final",
+                        accuracy=0.83, test_accuracy=0.82, latency_ratio=0.45),
+            TrialResult(trial_id=9, policy=int8, state="ok", stage="final", accuracy=0.85,
+                        test_accuracy=0.84, latency_ratio=0.52, reference="int8", model_of=1),
+            TrialResult(trial_id=10, policy=Policy(prune={"g": 0.5}), state="ok",
+                        stage="final", accuracy=0.83, test_accuracy=0.82, latency_ratio=0.45,
+                        reference="uniform", model_of=5)]
+    outcome = JobOutcome(tmp_path, rows, rows, rows[0], {}, 6.0, 0.1, "", "", 1.0, 1.0, 1.0)
+    lines = reference_lines(outcome)
+    assert lines[1] == (
+        "  int8 only        val 0.8500 test 0.8400 at 0.52x of the baseline (#9): the "
+        "search's best is this policy, one model fine-tuned once for both")
+    assert lines[2] == (
+        "  uniform pruning  val 0.8300 test 0.8200 at 0.45x of the baseline (#10) (the "
+        "search's #5: one model); search +2.00 pp val, +2.00 pp test")

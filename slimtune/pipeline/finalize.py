@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -53,6 +54,29 @@ def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult
                                timing=paired_timing(ctx, baseline, budget, earlier))
     return replace(row, **fields, finetune_steps=spec.finetune.steps,
                    seconds=row.seconds + time.perf_counter() - start)
+
+
+def shared_models(winners: Sequence[TrialResult],
+                  references: Sequence[TrialResult]) -> dict[int, int]:
+    """Reference id -> the id of the winner with its policy: one fine-tune serves both
+    when they start from the same network (the caller knows whether they do)."""
+    by_policy = {w.policy.key(): w.trial_id for w in winners}
+    return {r.trial_id: by_policy[r.policy.key()] for r in references
+            if r.policy.key() in by_policy}
+
+
+def shared_final(ctx: TrialContext, model_row: TrialResult,
+                 reference: TrialResult) -> TrialResult:
+    """``reference``'s final row when ``model_row`` (a final row of its policy, from the
+    same start) is its model: the same figures and files, under the reference's id."""
+    src = ctx.trials_dir / str(model_row.trial_id)
+    if src.is_dir():
+        shutil.copytree(src, ctx.trials_dir / str(reference.trial_id), dirs_exist_ok=True)
+    return replace(model_row, trial_id=reference.trial_id, reference=reference.reference,
+                   searcher=reference.searcher, score=reference.score,
+                   predicted_latency_ms=reference.predicted_latency_ms,
+                   mlflow_run_id=reference.mlflow_run_id, seconds=reference.seconds,
+                   model_of=model_row.trial_id)
 
 
 def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialResult],

@@ -11,7 +11,7 @@ from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
 from slimtune.measurement.paired import PairedTimings
 from slimtune.measurement.screening import Screen, precision
-from slimtune.pipeline.finalize import finalize_in_ray
+from slimtune.pipeline.finalize import finalize_in_ray, shared_final, shared_models
 from slimtune.pipeline.measure import (
     Budget,
     measure_candidate,
@@ -99,12 +99,20 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     s.say(f"measured {len(measured)} candidates paired with the baseline: {len(within)} "
           f"within budget (screen margin x{s.screen.correction():.2f})")
     winners = within[:spec.finalize.top_k]
-    finals = winners + [r for r in refs if r.feasible and r.stage == "measured"]
+    timed_refs = [r for r in refs if r.feasible and r.stage == "measured"]
+    # a reference the search found, from the same start network (bn_recal: both start
+    # from the pruned baseline), is one model: fine-tuned once, handed to both rows
+    shared = shared_models(winners, timed_refs) if s.references_start is None else {}
+    finals = winners + [r for r in timed_refs if r.trial_id not in shared]
     t3 = time.perf_counter()
     s.say(f"finalize: {len(finals)} models fine-tuned "
-          f"({len(winners)} searched, {len(finals) - len(winners)} references)")
+          f"({len(winners)} searched, {len(finals) - len(winners)} references"
+          + "".join(f"; reference #{ref} is #{win}'s policy, fine-tuned once"
+                    for ref, win in shared.items()) + ")")
     finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
                     references=s.references_start, timings=s.paired)
+    for ref, win in shared.items():
+        s.record(shared_final(s.ctx, s.rows[win], s.rows[ref]))
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
 

@@ -46,6 +46,12 @@ def reference_lines(outcome: JobOutcome) -> list[str]:
             lines.append(f"  {name:16s} {_ratio(r)} of the baseline's latency: over the budget"
                          if r.state == "infeasible" else f"  {name:16s} {r.state}")
             continue
+        if searched is not None and r.model_of == searched.trial_id:
+            lines.append(f"  {name:16s} val {r.accuracy:.4f} test {r.test_accuracy or 0:.4f} "
+                         f"at {_ratio(r)} of the baseline (#{r.trial_id}): the search's best "
+                         f"is this policy, one model fine-tuned once for both")
+            continue
+        shared = "" if r.model_of is None else f" (the search's #{r.model_of}: one model)"
         diff = "" if searched is None else \
             f"; search {100 * ((searched.accuracy or 0) - r.accuracy):+.2f} pp val, " \
             f"{100 * ((searched.test_accuracy or 0) - (r.test_accuracy or 0)):+.2f} pp test"
@@ -53,7 +59,7 @@ def reference_lines(outcome: JobOutcome) -> list[str]:
         same = "" if searched is None or searched.policy.key() != r.policy.key() else \
             " (the search's best is this policy: the difference is fine-tune noise)"
         lines.append(f"  {name:16s} val {r.accuracy:.4f} test {r.test_accuracy or 0:.4f} at "
-                     f"{_ratio(r)} of the baseline (#{r.trial_id}){within}{diff}{same}")
+                     f"{_ratio(r)} of the baseline (#{r.trial_id}){shared}{within}{diff}{same}")
     best = outcome.best
     if best is not None and best.reference:
         name = REFERENCE_NAMES.get(best.reference, best.reference)
@@ -93,7 +99,8 @@ def print_summary(outcome: JobOutcome) -> None:
     failed = sum(r.state == "failed" for r in outcome.results)
     if any(r.stage == "scored" or r.score is not None for r in outcome.results):
         measured = [r for r in outcome.results if r.stage != "scored" and not r.reference]
-        finals = [r for r in outcome.results if r.stage == "final"]
+        # a reference whose model is a searched row's was not fine-tuned again
+        finals = [r for r in outcome.results if r.stage == "final" and r.model_of is None]
         print(f"\n{n} candidates scored, {len(measured)} timed paired with the baseline "
               f"({sum(r.feasible for r in measured)} within the {outcome.budget_ms:.3f} ms "
               f"budget), {len(finals)} fine-tuned, {failed} failed, in "
