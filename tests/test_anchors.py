@@ -150,3 +150,34 @@ def test_a_graph_of_mixed_precision_learns_its_own_margin():
     assert screen.margin("int8") == pytest.approx(1.0)
     assert screen.margin("mixed") == pytest.approx(1.8)
     assert screen.admits(int8) and not screen.admits(Policy(bits={"b": 8}))
+
+
+def test_a_space_with_elastic_depth_gets_anchors_that_drop_blocks():
+    """Every other droppable block dropped, at the middle ratio, once per precision: the
+    depth classes learn a margin of their own, not the pruned fp32 graphs' (x2 on the
+    quickstart, which shut every policy near a 30% budget out of the search)."""
+    from slimtune.depth import droppable_blocks
+    from slimtune.layers import build_layer_table
+    from slimtune.measurement.screening import latency_class
+    from slimtune.models import BUILTIN_ARCHS
+    from slimtune.spec import SpaceSpec
+
+    model = BUILTIN_ARCHS["resnet20"]().eval()
+    table = build_layer_table(model, (1, 28, 28))
+    assert droppable_blocks(model, table)
+    flat = SearchSpace.for_spec(SpaceSpec(round_to=8, bits_per="model"), table, model)
+    deep = SearchSpace.for_spec(SpaceSpec(skip_blocks=True, round_to=8, bits_per="model"),
+                                table, model)
+    shallow = [a for a in latency_anchors(deep) if a.skip]
+    assert len(latency_anchors(deep)) == len(latency_anchors(flat)) + 2
+    assert {latency_class(a, tuple(deep.bits)) for a in shallow} == {"fp32+depth",
+                                                                      "int8+depth"}
+    assert all(a.skip == deep.skip[::2] for a in shallow)
+    assert not any(a.skip for a in latency_anchors(flat))
+
+    screen = Screen(lambda p: 4.0 if p.skip else 5.0, budget_ms=6.0)
+    pruned, dropped = Policy(prune={"g": 0.5}), Policy(prune={"g": 0.5}, skip=("b",))
+    screen.record_anchors([(pruned, 10.0), (dropped, 4.2)])  # no refit: each its own ratio
+    assert screen.margin("fp32") == pytest.approx(2.0)
+    assert screen.margin("fp32+depth") == pytest.approx(1.05)
+    assert screen.admits(Policy(prune={"g": 0.25}, skip=("b",)))

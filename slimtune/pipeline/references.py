@@ -18,6 +18,7 @@ from dataclasses import replace
 from slimtune.measurement.screening import Screen
 from slimtune.policy import Policy
 from slimtune.spaces import SearchSpace
+from slimtune.spaces.space import SKIP
 
 
 def int8_reference(space: SearchSpace) -> Policy | None:
@@ -43,7 +44,9 @@ def latency_anchors(space: SearchSpace) -> list[Policy]:
     """Uniform policies at the middle and the largest prune ratio, once per precision the
     space has (fp32, int8), plus (per-layer bit-widths only) the middle ratio with int8
     and fp32 layers alternating: the regions whose cost the layer table mispredicts most
-    (int8 on narrow layers, quantize/dequantize at every precision change). The int8
+    (int8 on narrow layers, quantize/dequantize at every precision change). With elastic
+    depth, the middle ratio once more per precision with every other droppable block
+    dropped: the depth classes' margins (``screening.latency_class``). The int8
     reference and the uniform ladder cover ratio 0 and the mild ratios."""
     ratios = [r for r in space.all_ratios() if r > 0]
     bits = [b for b in space.all_bits() if b in (32, 8)]
@@ -57,4 +60,10 @@ def latency_anchors(space: SearchSpace) -> list[Policy]:
         mixed = replace(int8, bits={n: (8 if i % 2 == 0 else 32) for i, n in
                                     enumerate(layers)})
         anchors.setdefault(mixed.key(), mixed)
+    if space.skip:
+        dropped = {SKIP + block: int(i % 2 == 0) for i, block in enumerate(space.skip)}
+        for b in bits:
+            params = space.params_from_policy(space.uniform(chosen[0], b))
+            shallow = space.policy_from_params({**params, **dropped})
+            anchors.setdefault(shallow.key(), shallow)
     return list(anchors.values())

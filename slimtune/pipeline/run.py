@@ -10,7 +10,7 @@ from typing import Any
 from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
 from slimtune.measurement.paired import PairedTimings
-from slimtune.measurement.screening import Screen, precision
+from slimtune.measurement.screening import Screen, latency_class
 from slimtune.pipeline.finalize import finalize_in_ray, shared_final, shared_models
 from slimtune.pipeline.measure import (
     Budget,
@@ -160,14 +160,14 @@ def _anchor_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[Tri
         s.say("latency anchors: " + ", ".join(
             f"{_anchor_name(r.policy, s.screen)} {r.latency_ratio or 0:.2f}x" for r in rows)
             + " of the baseline (screen margin " + ", ".join(
-                f"{c} x{s.screen.margin(c):.2f}" for c in ("fp32", "int8", "mixed")
-                if c in s.screen.classes) + ")")
+                f"{c} x{s.screen.margin(c):.2f}" for c in dict.fromkeys(s.screen.classes))
+            + ")")
     return rows
 
 
 def _anchor_name(policy: Policy, screen: Screen) -> str:
     ratio = max(policy.prune.values(), default=0.0)
-    return f"{precision(policy, screen.layers)}@{ratio:g}"
+    return f"{latency_class(policy, screen.layers)}@{ratio:g}"
 
 
 def _reference_rows(s: ScoringSearch, pool: ScoringPool, first_id: int) -> list[TrialResult]:
