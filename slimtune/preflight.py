@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slimtune.data import Dataset
@@ -56,6 +56,10 @@ def budget_ms(spec: JobSpec, baseline_ms: float) -> float:
     return b.latency_ms if b.latency_ms is not None else b.latency_fraction * baseline_ms
 
 
+#: calls per round of the budget check's timing (the default protocol's rounds have 100)
+CHECK_REPEATS = 30
+
+
 def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
               say: Callable[[str], None] = print_line) -> Prepared:
     """Every check before compute. Raises UserInputError with a one-line message.
@@ -68,7 +72,10 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
     (latency does not depend on the weight values): the baseline, and the smallest
     model the space allows at each bit-width.
     """
+    # the check asks whether the budget is reachable at all, not for a figure a decision
+    # rests on: rounds of at most CHECK_REPEATS calls (a third of the default's time)
     protocol = protocol or MeasureProtocol()
+    protocol = replace(protocol, repeats=min(protocol.repeats, CHECK_REPEATS))
     checked = check_inputs(spec)
     data, model, table = checked.data, checked.model, checked.table
     space, probe = probed_space(spec, model, table, say)  # says each group it leaves out
