@@ -44,7 +44,9 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
     data["model"] = {"arch": args.arch}
     data["budget"] = {"latency_fraction": fraction}
     data["search"].update(searcher=searcher, evaluator=evaluator, seed=seed,
-                          candidates=args.candidates)
+                          candidates=args.candidates, trials=args.trials)
+    # the benchmark's own recipe, not the quickstart's (kept short for its 10 minutes)
+    data["finalize"] = {**data.get("finalize", {}), "epochs": args.finalize_epochs}
     if args.skip_blocks:
         data["space"]["skip_blocks"] = True
     if args.bits:
@@ -207,6 +209,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5])
     ap.add_argument("--candidates", type=int, default=160)
+    ap.add_argument("--trials", type=int, default=8,
+                    help="search.trials: candidates timed paired (scoring evaluators)")
+    ap.add_argument("--finalize-epochs", type=float, default=2.0,
+                    help="finalize.epochs: every final model's fine-tune (188 steps at 2)")
     ap.add_argument("--finetune-trials", type=int, default=16)
     ap.add_argument("--policies", type=int, default=20)
     ap.add_argument("--fastnas", action="store_true",
