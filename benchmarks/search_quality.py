@@ -46,7 +46,8 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
     data["search"].update(searcher=searcher, evaluator=evaluator, seed=seed,
                           candidates=args.candidates, trials=args.trials)
     # the benchmark's own recipe, not the quickstart's (kept short for its 10 minutes)
-    data["finalize"] = {**data.get("finalize", {}), "epochs": args.finalize_epochs}
+    data["finalize"] = {**data.get("finalize", {}), "epochs": args.finalize_epochs,
+                        "top_k": args.top_k}
     if args.skip_blocks:
         data["space"]["skip_blocks"] = True
     if args.bits:
@@ -213,6 +214,8 @@ def main() -> None:
                     help="search.trials: candidates timed paired (scoring evaluators)")
     ap.add_argument("--finalize-epochs", type=float, default=2.0,
                     help="finalize.epochs: every final model's fine-tune (188 steps at 2)")
+    ap.add_argument("--top-k", type=int, default=2,
+                    help="finalize.top_k: searched winners fine-tuned")
     ap.add_argument("--finetune-trials", type=int, default=16)
     ap.add_argument("--policies", type=int, default=20)
     ap.add_argument("--fastnas", action="store_true",
