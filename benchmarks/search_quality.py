@@ -48,6 +48,8 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
     # the benchmark's own recipe, not the quickstart's (kept short for its 10 minutes)
     data["finalize"] = {**data.get("finalize", {}), "epochs": args.finalize_epochs,
                         "top_k": args.top_k}
+    if args.score_val_size:
+        data["scoring"] = {**data.get("scoring", {}), "val_size": args.score_val_size}
     if args.skip_blocks:
         data["space"]["skip_blocks"] = True
     if args.bits:
@@ -214,6 +216,8 @@ def main() -> None:
                     help="search.trials: candidates timed paired (scoring evaluators)")
     ap.add_argument("--finalize-epochs", type=float, default=2.0,
                     help="finalize.epochs: every final model's fine-tune (188 steps at 2)")
+    ap.add_argument("--score-val-size", type=int, default=None,
+                    help="scoring.val_size (default: the quickstart's, 500)")
     ap.add_argument("--top-k", type=int, default=2,
                     help="finalize.top_k: searched winners fine-tuned")
     ap.add_argument("--finetune-trials", type=int, default=16)
