@@ -250,16 +250,20 @@ def test_validate_probes_the_groups(tmp_path, capsys) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnext_g8", "shufflenet_v2"])
 def test_run_uniform_on_unseen_models(tmp_path, capsys, arch) -> None:
-    """The issue's jobs: ``slimtune run``, uniform, 2 trials, on the unseen models. The
-    budget is loose: ShuffleNetV2's pruned model measured 0.80x of its baseline once, and
-    a loaded machine's noise put it over a 0.9x budget in another run."""
+    """The issue's jobs: ``slimtune run``, uniform, on the unseen models. The budget is
+    loose: ShuffleNetV2's pruned model measured 0.80x of its baseline once, and a loaded
+    machine's noise put it over a 0.9x budget in another run. Three trials, not the
+    issue's two: two take the grid's ends (the baseline itself, and ratio 0.75 all int8,
+    which grouped int8 convs can run slower than fp32 here), so whether either met the
+    budget was timing noise (ResNeXt failed so once in a whole-suite run); the middle
+    point is fp32 at ratio 0.5."""
     from slimtune.results.outputs import read_trials
 
     job = write_job(tmp_path, model={"import": f"slimtune.models.unseen:{arch}"},
                     data={"dataset": "synthetic", "train_size": 256, "val_size": 128,
                           "test_size": 128},
                     budget={"latency_fraction": 0.97}, target={"batch_size": 16},
-                    search={"searcher": "uniform", "trials": 2, "evaluator": "finetune"},
+                    search={"searcher": "uniform", "trials": 3, "evaluator": "finetune"},
                     space={"prune_ratios": [0.0, 0.25, 0.5, 0.75], "bits": [32, 8],
                            "round_to": 4})
     out = tmp_path / "out"
@@ -267,5 +271,5 @@ def test_run_uniform_on_unseen_models(tmp_path, capsys, arch) -> None:
     said = capsys.readouterr().err
     assert "probe:" in said
     trials = read_trials(out)
-    assert len(trials) == 2 and not [t for t in trials if t.state == "failed"]
+    assert len(trials) == 3 and not [t for t in trials if t.state == "failed"]
     assert any(t.feasible for t in trials)
