@@ -25,6 +25,29 @@ def _timing(ratio: float, rounds: int = 3) -> PairedLatency:
     return PairedLatency(ratio, _stats([20.0 * ratio] * rounds), _stats([20.0] * rounds))
 
 
+def _tiny_search(tmp_path, *, candidates: int, trials: int):
+    """A tiny job's context (anchors off, references on, top_k 1), its 2x2 space, the
+    space's int8 reference policy and a 0.6 fractional budget of a 10 ms baseline."""
+    from slimtune.pipeline.references import int8_reference
+    from slimtune.spaces import SearchSpace
+    from tests.jobs import tiny_trial_context
+
+    ctx = tiny_trial_context(tmp_path)
+    ctx = replace(ctx, spec=ctx.spec.with_sections(
+        search={"candidates": candidates, "trials": trials},
+        finalize={"top_k": 1, "references": True}, scoring={"anchors": False}))
+    space = SearchSpace.from_table(ctx.table, (0.0, 0.5), (32, 8), round_to=1)
+    return ctx, space, int8_reference(space), Budget(ms=6.0, fraction=0.6, baseline_ms=10.0)
+
+
+def _timed_row(row: TrialResult, timings: PairedTimings, budget: Budget,
+               ratio: float) -> TrialResult:
+    """``row`` measured at ``ratio``, judged on its pooled timings as the job does."""
+    paired = timings.add(row.policy.key(), _timing(ratio))
+    return replace(row, stage="measured", state="ok" if budget.met(paired) else "infeasible",
+                   latency_ratio=paired.ratio, latency_ms=paired.ratio * budget.baseline_ms)
+
+
 def test_pooled_timings_are_judged_on_all_their_rounds():
     one = _timing(0.50)
     assert pooled([one]) is one
@@ -92,21 +115,12 @@ def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_pa
     settled figure before the first candidate is scored."""
     from slimtune.measurement.screening import Screen
     from slimtune.pipeline import run as run_stage
-    from slimtune.pipeline.references import int8_reference
     from slimtune.pipeline.run import ScoringSearch, run_scoring_search
     from slimtune.pipeline.score import LocalPool
     from slimtune.search.random_search import RandomSearcher
-    from slimtune.spaces import SearchSpace
-    from tests.jobs import tiny_trial_context
     from tests.test_pipeline import _evaluator
 
-    ctx = tiny_trial_context(tmp_path)
-    ctx = replace(ctx, spec=ctx.spec.with_sections(
-        search={"candidates": 4, "trials": 1}, finalize={"top_k": 1, "references": True},
-        scoring={"anchors": False}))
-    space = SearchSpace.from_table(ctx.table, (0.0, 0.5), (32, 8), round_to=1)
-    int8 = int8_reference(space)
-    budget = Budget(ms=6.0, fraction=0.6, baseline_ms=10.0)
+    ctx, space, int8, budget = _tiny_search(tmp_path, candidates=4, trials=1)
     first = {"int8": [0.62, 0.55, 0.56]}
     timed: list[str] = []
 
@@ -114,10 +128,7 @@ def test_a_reference_at_the_edge_is_settled_before_the_search_is_screened(tmp_pa
         name = "int8" if row.policy.key() == int8.key() else "other"
         timed.append(name)
         ratio = first[name].pop(0) if first.get(name) else 0.4
-        paired = timings.add(row.policy.key(), _timing(ratio))
-        return replace(row, stage="measured", state="ok" if budget_.met(paired) else
-                       "infeasible", latency_ratio=paired.ratio,
-                       latency_ms=paired.ratio * budget_.baseline_ms)
+        return _timed_row(row, timings, budget_, ratio)
 
     predicted_when_scoring: list[float] = []
     real_score = run_stage.score_candidates
@@ -171,28 +182,16 @@ def test_a_reference_the_search_found_is_fine_tuned_once(tmp_path, monkeypatch, 
     With a start of their own (a supernet search), the reference is fine-tuned itself."""
     from slimtune.measurement.screening import Screen
     from slimtune.pipeline import run as run_stage
-    from slimtune.pipeline.references import int8_reference
     from slimtune.pipeline.run import ScoringSearch, run_scoring_search
     from slimtune.pipeline.score import LocalPool
     from slimtune.search.random_search import RandomSearcher
-    from slimtune.spaces import SearchSpace
-    from tests.jobs import tiny_trial_context
     from tests.test_pipeline import _evaluator
 
-    ctx = tiny_trial_context(tmp_path)
-    ctx = replace(ctx, spec=ctx.spec.with_sections(
-        search={"candidates": 8, "trials": 8}, finalize={"top_k": 1, "references": True},
-        scoring={"anchors": False}))
-    space = SearchSpace.from_table(ctx.table, (0.0, 0.5), (32, 8), round_to=1)
-    int8 = int8_reference(space)
-    budget = Budget(ms=6.0, fraction=0.6, baseline_ms=10.0)
+    ctx, space, int8, budget = _tiny_search(tmp_path, candidates=8, trials=8)
 
     def fake_measure(ctx_, row, baseline, budget_, timings=None):
-        paired = timings.add(row.policy.key(),
-                             _timing(0.45 if row.policy.key() == int8.key() else 0.9))
-        return replace(row, stage="measured", state="ok" if budget_.met(paired) else
-                       "infeasible", latency_ratio=paired.ratio,
-                       latency_ms=paired.ratio * budget_.baseline_ms)
+        ratio = 0.45 if row.policy.key() == int8.key() else 0.9
+        return _timed_row(row, timings, budget_, ratio)
 
     finalized: list[TrialResult] = []
 
