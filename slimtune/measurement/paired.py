@@ -26,10 +26,10 @@ from slimtune.measurement.latency import LatencyStats, MeasureProtocol
 from slimtune.spec import TargetSpec
 
 #: rounds of a paired measurement; each round times both models once. 15 calls a round,
-#: not 30: one model's ratio drifts between timings by more than a timing's own spread
-#: (sd 0.026 over 7 timings of 9 x 30 calls, 0.023 of 9 x 15, in 10.1 s and 5.9 s, on the
-#: quickstart's int8 ResNet-20, interleaved), so the longer timing bought nothing that
-#: pooling the timings of a decision at the budget's edge (``pipeline.measure``) does not
+#: not 30: halving them did not widen the spread between timings (sd 0.026 of the ratio
+#: over 7 timings of 9 x 30 calls, 0.023 over 7 of 9 x 15, in 10.1 s and 5.9 s, on the
+#: quickstart's int8 ResNet-20, interleaved): drift between timings dominates it, and
+#: pooling a decision's timings at the budget's edge (``pipeline.measure``) handles that
 PAIRED_PROTOCOL = MeasureProtocol(warmup=10, rounds=9, repeats=15, min_seconds_per_round=0.1)
 
 
