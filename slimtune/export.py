@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import logging
 import shutil
 import warnings
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import onnxruntime as ort
+import onnxscript
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -32,6 +35,8 @@ from slimtune.split import Split
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: Model metadata key naming the exporter that wrote a file (see `export_onnx`).
+EXPORTER_KEY = "slimtune.exporter"
 #: ONNX ops that implement a torch conv / linear layer and carry its weight.
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: Single-input ops that may sit between a weight initializer and its Conv/Gemm/MatMul.
@@ -43,6 +48,16 @@ _WEIGHT_PASSTHROUGH_OPS = ("Identity", "Transpose", "Reshape", "Cast", "Dequanti
 #: Disabling it is harmless otherwise: `quantize_onnx` already quantizes int8 layers' weights.
 ORT_DISABLED_OPTIMIZERS = frozenset({"WeightBiasQuantization"})
 _CALIBRATION_BATCH = 32
+#: Ops of a static graph, which the TorchScript tracer and the dynamo exporter write alike.
+#: No shape arithmetic (Shape, Gather, Concat of sizes), no Pad, Slice, Transpose or MatMul:
+#: where those appear the two graphs differ (HF MobileNetV2's dynamic pads run int8 2x slower).
+_STATIC_OPS = frozenset({
+    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Flatten", "Gemm",
+    "GlobalAveragePool", "HardSigmoid", "HardSwish", "MaxPool", "Mul", "ReduceMean", "Relu",
+    "Reshape", "Sigmoid",
+})
+#: The module classes of models `_export_traced` gave up on in this process.
+_NOT_TRACED: set[frozenset[type]] = set()
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnxruntime")
 
 
@@ -75,11 +90,16 @@ def export_onnx(
 ) -> Path:
     """Export `model` in eval mode to a self-contained ONNX file with a dynamic batch dim.
 
-    `input_shape` excludes the batch dimension, e.g. (1, 28, 28). Uses the torch.export
-    ("dynamo") exporter, whose onnxscript optimizer folds eval BatchNorm into the preceding
-    Conv while keeping the conv's weight initializer name ("layer1.0.conv1.weight"), which is
-    what `onnx_node_for_layer` relies on. Opset 18 is the lowest the exporter implements
-    natively; lower opsets need a version conversion that fails on ReduceMean.
+    `input_shape` excludes the batch dimension, e.g. (1, 28, 28). Two exporters, one graph:
+    the TorchScript tracer (a tenth of a second for ResNet-20) is kept when its optimized
+    graph is a static one of `_STATIC_OPS` in which every conv/linear layer keeps its weight
+    initializer's name, which is then the graph the torch.export ("dynamo") exporter makes
+    (same ops, same counts; `benchmarks/exporter_ab.py`). Anything else, or a tracer error,
+    goes through the dynamo exporter (2-7 s), whose symbolic shapes keep reshapes, pads and
+    attention free of shape arithmetic. Both run the onnxscript optimizer, which folds eval
+    BatchNorm into the preceding Conv while keeping the conv's weight initializer name
+    ("layer1.0.conv1.weight"), what `onnx_node_for_layer` relies on. Opset 18 is the lowest
+    the dynamo exporter implements natively.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,21 +114,111 @@ def export_onnx(
     )
     try:
         with _quiet(), torch.no_grad():
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-            )
+            if not _export_traced(model, example, path, opset=opset):
+                _export_dynamo(model, example, path, opset=opset)
+                proto = onnx.load(str(path))
+                onnx.helper.set_model_props(proto, {EXPORTER_KEY: "dynamo"})
+                onnx.save(proto, str(path))
     finally:
         model.train(was_training)
     return path
+
+
+def exporter_of(path: Path) -> str | None:
+    """Which exporter wrote the slimtune ONNX file `path`: "traced" or "dynamo"."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get(EXPORTER_KEY)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int) -> None:
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+
+
+def _export_traced(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int) -> bool:
+    """Export with the TorchScript tracer and the onnxscript optimizer; True when the graph
+    is a static one (see `export_onnx`) and was written to `path`, False otherwise.
+
+    A model made of the same module classes as one whose graph was not kept is not traced
+    again in this process: its pruned variants have the same ops, and tracing an HF
+    MobileViT costs 5 s. (A parametrized layer is a class of its own.)
+    """
+    kinds = frozenset(type(m) for m in model.modules())
+    if kinds in _NOT_TRACED:
+        return False
+    if not _try_traced(model, example, path, opset=opset):
+        _NOT_TRACED.add(kinds)
+        return False
+    return True
+
+
+def _try_traced(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int) -> bool:
+    try:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        if any(issubclass(w.category, torch.jit.TracerWarning) for w in caught):
+            return False  # e.g. Python control flow on a tensor's value: one path recorded
+        traced = onnx_ir.from_proto(onnx.load_from_string(buffer.getvalue()))
+        onnxscript.optimizer.optimize(traced)
+        traced = onnxscript.rewriter.rewrite(traced)
+        onnxscript.optimizer.optimize(traced)
+        _global_pool_as_reduce_mean(traced.graph)
+        proto = onnx_ir.to_proto(traced)
+    except Exception:  # noqa: BLE001 - any tracer failure: the dynamo exporter decides
+        return False
+    if not {n.op_type for n in proto.graph.node} <= _STATIC_OPS:
+        return False
+    weights = {f"{name}.weight" for name, _ in model.named_modules()}
+    producers = _producers(proto.graph)
+    if any(
+        _weight_source(producers, node.input[1]) not in weights
+        for node in proto.graph.node
+        if node.op_type in WEIGHT_OPS
+    ):
+        return False  # a weight folded into an anonymous initializer: not found by name
+    onnx.helper.set_model_props(proto, {EXPORTER_KEY: "traced"})
+    onnx.save(proto, str(path))
+    return True
+
+
+def _global_pool_as_reduce_mean(graph: onnx_ir.Graph) -> None:
+    """GlobalAveragePool over 4-d tensors as the ReduceMean(axes=[-1, -2]) the dynamo
+    exporter writes for the same `mean`/`adaptive_avg_pool2d`, so both graphs are equal."""
+    for node in list(graph):
+        shape = node.inputs[0].shape if node.op_type == "GlobalAveragePool" else None
+        if shape is None or len(shape) != 4 or node.outputs[0].is_graph_output():
+            continue
+        axes = onnx_ir.Value(
+            name=f"{node.name}_axes",
+            const_value=onnx_ir.tensor(np.array([-1, -2], dtype=np.int64)),
+        )
+        graph.register_initializer(axes)
+        mean = onnx_ir.node("ReduceMean", [node.inputs[0], axes], {"keepdims": 1}, name=node.name)
+        graph.insert_before(node, mean)
+        node.outputs[0].replace_all_uses_with(mean.outputs[0])
+        graph.remove(node, safe=True)
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

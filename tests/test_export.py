@@ -16,7 +16,10 @@ from torch.nn.utils import parametrize
 from slimtune.export import (
     ORT_DISABLED_OPTIMIZERS,
     WEIGHT_OPS,
+    _export_dynamo,
+    _quiet,
     export_onnx,
+    exporter_of,
     onnx_node_for_layer,
     onnx_predict,
     onnx_session,
@@ -145,13 +148,52 @@ class _Halve(nn.Module):
         return weight * 0.5
 
 
+class Shuffled(nn.Module):
+    """A channel shuffle: reshapes computed from the input's size (shape arithmetic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_static_graph_is_traced_and_is_the_dynamo_graph(
+    net: TinyNet, fp32_path: Path, tmp_path: Path
+) -> None:
+    assert exporter_of(fp32_path) == "traced"
+    with _quiet(), torch.no_grad():
+        _export_dynamo(net, torch.randn(2, *INPUT_SHAPE), tmp_path / "dynamo.onnx", opset=18)
+    ops = [Counter(n.op_type for n in onnx.load(str(p)).graph.node)
+           for p in (fp32_path, tmp_path / "dynamo.onnx")]
+    assert ops[0] == ops[1] and "BatchNormalization" not in ops[0]
+
+
+def test_shape_arithmetic_goes_through_the_dynamo_exporter(tmp_path: Path) -> None:
+    net = Shuffled().eval()
+    path = export_onnx(net, INPUT_SHAPE, tmp_path / "shuffled.onnx")
+    assert exporter_of(path) == "dynamo"
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"Shape", "Gather"}
+    x = torch.randn(5, *INPUT_SHAPE)
+    got = onnx_predict(onnx_session(path, threads=1), x)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_onnx_node_for_layer_falls_back_to_name_scope(tmp_path: Path) -> None:
     # A computed weight is folded into an anonymous initializer; the BN-free conv3 and fc are
     # still found via the exporter's name-scope metadata.
     net = _tiny_net()
     for layer in (net.conv3, net.fc):
         parametrize.register_parametrization(layer, "weight", _Halve())
-    model = onnx.load(str(export_onnx(net, INPUT_SHAPE, tmp_path / "param.onnx")))
+    path = export_onnx(net, INPUT_SHAPE, tmp_path / "param.onnx")
+    assert exporter_of(path) == "dynamo"  # the traced graph names no weight of theirs
+    model = onnx.load(str(path))
     initializers = {i.name for i in model.graph.initializer}
     assert "fc.weight" not in initializers and "conv3.weight" not in initializers
     conv3, fc = onnx_node_for_layer(model, "conv3"), onnx_node_for_layer(model, "fc")
