@@ -94,7 +94,7 @@ def export_onnx(
     the TorchScript tracer (a tenth of a second for ResNet-20) is kept when its optimized
     graph is a static one of `_STATIC_OPS` in which every conv/linear layer keeps its weight
     initializer's name, which is then the graph the torch.export ("dynamo") exporter makes
-    (same ops, same counts; `benchmarks/exporter_ab.py`). Anything else, or a tracer error,
+    (same ops, same counts; `benchmarks/latency/exporter_ab.py`). Anything else, or a tracer error,
     goes through the dynamo exporter (2-7 s), whose symbolic shapes keep reshapes, pads and
     attention free of shape arithmetic. Both run the onnxscript optimizer, which folds eval
     BatchNorm into the preceding Conv while keeping the conv's weight initializer name
