@@ -107,8 +107,12 @@ def test_train_apply_and_warm_start_flow(tmp_path, capsys):
 def test_ppo_on_the_supernet_then_apply_with_a_supernet_of_its_own(tmp_path, capsys):
     """Episodes scored by the job's supernet (one in N timed); apply on another family
     builds that model's own supernet for its final check (score, timing, fine-tune)."""
+    # a 0.75 ratio: at 0.5 ms the space's fastest 0.5 policy can time over a 0.8 budget,
+    # which preflight refuses
     scoring = {"search": {"evaluator": "supernet", "candidates": 4, "trials": 1},
-               "supernet": {"steps": 4}, "finalize": {"top_k": 1, "epochs": 1}}
+               "supernet": {"steps": 4}, "finalize": {"top_k": 1, "epochs": 1},
+               "space": {"prune_ratios": [0.0, 0.25, 0.5, 0.75], "bits": [32, 8],
+                         "round_to": 1}}
     job = write_job(tmp_path, budget={"latency_fraction": 0.8}, target={"batch_size": 16},
                     agent={"timesteps": 48, "n_steps": 24, "batch_size": 12},
                     env={"measure_every": 3}, **scoring)
