@@ -27,6 +27,7 @@ from slimtune.objective import Objective
 from slimtune.policy import Policy
 from slimtune.spec import FinetuneSpec, JobSpec
 from slimtune.split import Split
+from slimtune.teacher_outputs import TeacherOutputs
 from slimtune.train import train
 
 __all__ = ["finetune", "finetune_recipe"]
@@ -38,10 +39,12 @@ def finetune_recipe(spec: FinetuneSpec, policy: Policy) -> FinetuneSpec:
 
 
 def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Policy,
-             spec: JobSpec, split: Split, *, seed: int) -> nn.Module:
+             spec: JobSpec, split: Split, *, seed: int,
+             teacher_outputs: TeacherOutputs | None = None) -> nn.Module:
     """Fine-tune the compressed ``model`` in place by the recipe; returns it in eval mode.
 
-    ``teacher`` is the baseline; it is used only if the recipe distils. Quantisation-aware
+    ``teacher`` is the baseline; it is used only if the recipe distils (its outputs on
+    ``split`` looked up in ``teacher_outputs`` where given). Quantisation-aware
     training rounds the layers ``quantize_weights`` will round for ``spec.target``.
     """
     ft = finetune_recipe(spec.finetune, policy)
@@ -57,5 +60,6 @@ def finetune(model: nn.Module, teacher: nn.Module, table: LayerTable, policy: Po
                 weight=ft.hint_weight, example=split.head(ft.batch_size).x))
         train(model, split, steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=seed,
               teacher=distill_from, temperature=ft.temperature, alpha=ft.alpha, hints=hints,
-              device=training_device(spec.train.device), objective=Objective.of(spec))
+              device=training_device(spec.train.device), objective=Objective.of(spec),
+              teacher_outputs=teacher_outputs)
     return model.eval()

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.objective import CLASSIFICATION, Objective
-from slimtune.split import Split
+from slimtune.split import Split, shuffled_batches
 
 if TYPE_CHECKING:
     from slimtune.hints import FeatureHints
+    from slimtune.teacher_outputs import TeacherOutputs
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -30,14 +31,17 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
           temperature: float = 4.0, alpha: float = 0.7,
           hints: FeatureHints | None = None,
           device: torch.device | str = "cpu",
-          objective: Objective = CLASSIFICATION) -> nn.Module:
+          objective: Objective = CLASSIFICATION,
+          teacher_outputs: TeacherOutputs | None = None) -> nn.Module:
     """SGD with momentum and a cosine schedule for ``steps`` steps, in place.
 
     With a ``teacher``, the loss is knowledge distillation from it; otherwise plain
     cross-entropy (``objective``: the spec's ``loss`` instead, and MSE distillation on
     outputs that are not class logits, :mod:`slimtune.objective`). ``hints`` (FitNets,
     :mod:`slimtune.hints`; needs the teacher) adds its feature-matching term, and its
-    regressors train with the model. The loop runs on
+    regressors train with the model. ``teacher_outputs`` (the teacher's outputs on
+    ``split``, :mod:`slimtune.teacher_outputs`) stand in for its forward pass when there
+    are no hints, which need its features. The loop runs on
     ``device`` (``train.device``, :mod:`slimtune.device`); the model, the teacher and the
     regressors are back on the CPU when it returns.
     """
@@ -45,12 +49,15 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
         raise ValueError("hints match a teacher's features: give the teacher")
     if steps <= 0:
         return model.eval()
+    if teacher is None or hints is not None or (
+            teacher_outputs is not None and teacher_outputs.split_size != len(split)):
+        teacher_outputs = None
     device = torch.device(device)
     if device.type == "cpu":
         return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, seed=seed, teacher=teacher,
                       temperature=temperature, alpha=alpha, hints=hints, device=device,
-                      objective=objective)
+                      objective=objective, teacher_outputs=teacher_outputs)
     movable = [m for m in (model, teacher, hints.regressors if hints else None) if m is not None]
     try:
         for module in movable:
@@ -58,7 +65,7 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
         return _train(model, split, steps=steps, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, seed=seed, teacher=teacher,
                       temperature=temperature, alpha=alpha, hints=hints, device=device,
-                      objective=objective)
+                      objective=objective, teacher_outputs=teacher_outputs)
     finally:
         for module in movable:
             module.to("cpu")
@@ -67,7 +74,7 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
 def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: float,
            weight_decay: float, seed: int, teacher: nn.Module | None, temperature: float,
            alpha: float, hints: FeatureHints | None, device: torch.device,
-           objective: Objective) -> nn.Module:
+           objective: Objective, teacher_outputs: TeacherOutputs | None) -> nn.Module:
     torch.manual_seed(seed)
     params = [*model.parameters(), *(hints.parameters() if hints is not None else [])]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
@@ -79,12 +86,17 @@ def _train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: f
     model.train()
     # seeded epochs of full shuffled batches (slimtune.split.shuffled_batches)
     pin = device.type == "cuda"
-    for x, y in split.loader(batch_size, shuffle=True, seed=seed, steps=steps, pin_memory=pin):
+    batches = shuffled_batches(len(split), batch_size, seed=seed, steps=steps)
+    # the same seeded index batches the loader draws: where the teacher's outputs are
+    # looked up rather than computed
+    for (x, y), indices in zip(split.batched(batches, pin_memory=pin), batches, strict=True):
         if device.type != "cpu":
             x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
         outputs = model(x)
         target = None
-        if teacher is not None:
+        if teacher_outputs is not None:
+            target = teacher_outputs.of(indices).to(device)
+        elif teacher is not None:
             with torch.no_grad():
                 target = teacher(x)
         loss = objective.training_loss(outputs, y, target, temperature=temperature, alpha=alpha)

@@ -19,6 +19,7 @@ from slimtune.pipeline.measure import Budget, paired_timing
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
+from slimtune.teacher_outputs import TeacherOutputs, teacher_outputs
 from slimtune.trial import TrialContext, evaluate_deployed
 
 
@@ -37,10 +38,12 @@ def final_recipe(spec: JobSpec, train_size: int) -> JobSpec:
 
 def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult,
                        baseline: Any, budget: Budget,
-                       earlier: Sequence[PairedLatency] = ()) -> TrialResult:
+                       earlier: Sequence[PairedLatency] = (),
+                       outputs: TeacherOutputs | None = None) -> TrialResult:
     """Fine-tune ``row``'s policy from the evaluator's network (distillation from the
-    baseline), deploy it into ``trials/ID/`` and evaluate it: a ``final`` row, its latency
-    judged on its own timing pooled with the ``earlier`` timings of its architecture."""
+    baseline, its training-split ``outputs`` looked up where given), deploy it into
+    ``trials/ID/`` and evaluate it: a ``final`` row, its latency judged on its own timing
+    pooled with the ``earlier`` timings of its architecture."""
     start = time.perf_counter()
     spec = final_recipe(ctx.spec, len(ctx.data.train))
     ctx = replace(ctx, spec=spec)
@@ -49,7 +52,7 @@ def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult
     with machine_lock("shared"):
         model = evaluator.model(row.policy)
         finetune(model, teacher, ctx.table, row.policy, spec, ctx.data.train,
-                 seed=spec.search.seed + row.trial_id)
+                 seed=spec.search.seed + row.trial_id, teacher_outputs=outputs)
     fields = evaluate_deployed(ctx, model, row.policy, ctx.trials_dir / str(row.trial_id),
                                timing=paired_timing(ctx, baseline, budget, earlier))
     return replace(row, **fields, finetune_steps=spec.finetune.steps,
@@ -96,6 +99,7 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
                       num_gpus=worker_gpus(ctx.spec.train.device, ctx.spec.search.concurrency),
                       max_retries=ctx.spec.search.max_failures)(_finalize_task)
     ctx_ref, searched_ref = ray.put(ctx), ray.put(evaluator)
+    outputs_ref = ray.put(_job_teacher_outputs(ctx, len(rows)))
     env = driver_env()
     plain_ref = ray.put(references) if references is not None else searched_ref
     done: list[TrialResult] = []
@@ -106,7 +110,8 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
             row = pending.pop(0)
             ev_ref = plain_ref if row.reference else searched_ref
             earlier = timings.of(row.policy.key()) if timings is not None else ()
-            running[task.remote(ctx_ref, ev_ref, row, baseline, budget, env, earlier)] = row
+            running[task.remote(ctx_ref, ev_ref, row, baseline, budget, env, earlier,
+                                outputs_ref)] = row
         ready, _ = ray.wait(list(running), num_returns=1)
         row = running.pop(ready[0])
         try:
@@ -119,8 +124,24 @@ def finalize_in_ray(ctx: TrialContext, evaluator: Evaluator, rows: list[TrialRes
     return done
 
 
+def _job_teacher_outputs(ctx: TrialContext, finals: int) -> TeacherOutputs | None:
+    """The baseline's outputs on the training split for ``finals`` final fine-tunes, where
+    distilling from a lookup pays (``slimtune.teacher_outputs``)."""
+    spec = final_recipe(ctx.spec, len(ctx.data.train))
+    if not finals or not spec.finetune.distill:
+        return None
+    drawn = finals * spec.finetune.steps * spec.finetune.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.target.threads)
+    try:
+        return teacher_outputs(ctx.baseline_model(), ctx.data.train, examples_drawn=drawn)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _finalize_task(ctx: TrialContext, evaluator: Evaluator, row: TrialResult, baseline: Any,
                    budget: Budget, env: dict[str, str] | None = None,
-                   earlier: Sequence[PairedLatency] = ()) -> TrialResult:
+                   earlier: Sequence[PairedLatency] = (),
+                   outputs: TeacherOutputs | None = None) -> TrialResult:
     adopt_env(env)
-    return finalize_candidate(ctx, evaluator, row, baseline, budget, earlier)
+    return finalize_candidate(ctx, evaluator, row, baseline, budget, earlier, outputs)
