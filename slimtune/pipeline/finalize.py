@@ -134,7 +134,8 @@ def _job_teacher_outputs(ctx: TrialContext, finals: int) -> TeacherOutputs | Non
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.target.threads)
     try:
-        return teacher_outputs(ctx.baseline_model(), ctx.data.train, examples_drawn=drawn)
+        return teacher_outputs(ctx.baseline_model(), ctx.data.train, examples_drawn=drawn,
+                               batch_size=spec.finetune.batch_size)
     finally:
         torch.set_num_threads(threads)
 
