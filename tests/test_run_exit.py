@@ -60,3 +60,43 @@ def test_run_exits_non_zero_when_every_trial_failed(tmp_path, monkeypatch, capsy
         assert err == [f"slimtune: error: {failure_line(_outcome(tmp_path / 'out', results))}"]
     else:
         assert err == []
+
+
+@pytest.mark.parametrize("state, code", [("failed", 1), ("ok", 0)])
+def test_apply_exits_non_zero_when_the_agents_policy_failed(tmp_path, monkeypatch, capsys,
+                                                            state, code) -> None:
+    """The agent, its env and the job are stand-ins: what is tested is the exit status."""
+    from types import SimpleNamespace
+
+    import slimtune.agents
+    import slimtune.agents.agent
+    import slimtune.agents.transfer
+    import slimtune.envs.compression
+    import slimtune.envs.problem
+    import slimtune.trial
+
+    row = _failed(0) if state == "failed" else TrialResult(
+        trial_id=0, policy=Policy(), state="ok", accuracy=0.5, test_accuracy=0.5,
+        latency_ms=0.5)
+    problem = SimpleNamespace(predictor=None, table=SimpleNamespace(layers=[]), budget_ms=1.0,
+                              space=SimpleNamespace(restrict=lambda p: (p, False)))
+    agent = SimpleNamespace(card=SimpleNamespace(trained_on={"model": "tiny_resnet"}))
+    monkeypatch.setattr(slimtune.agents.agent.CompressionAgent, "load", lambda path: agent)
+    monkeypatch.setattr(slimtune.envs.problem, "prepare_problem", lambda spec, say: problem)
+    monkeypatch.setattr(slimtune.envs.compression, "CompressionEnv",
+                        lambda problem: SimpleNamespace(builder=SimpleNamespace(decisions=[])))
+    monkeypatch.setattr(slimtune.agents, "propose_measured", lambda agent, env: (Policy(), []))
+    monkeypatch.setattr(slimtune.agents.transfer, "left_out_note", lambda space: [])
+    monkeypatch.setattr(slimtune.trial, "save_layer_table", lambda out, table: None)
+
+    def run_job(spec, out, **kw):
+        out.mkdir(parents=True, exist_ok=True)
+        return _outcome(out, [row])
+
+    monkeypatch.setattr(slimtune.job, "run_job", run_job)
+    out = tmp_path / "out"
+    job = write_job(tmp_path)
+    assert main(["apply", "--agent", str(tmp_path / "agent.zip"), str(job),
+                 "--out", str(out)]) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err == ([f"slimtune: error: {failure_line(_outcome(out, [row]))}"] if code else [])

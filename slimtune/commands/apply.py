@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from slimtune.envs.compression import CompressionEnv
     from slimtune.envs.problem import prepare_problem
     from slimtune.job import run_job
-    from slimtune.results.summary import print_summary
+    from slimtune.results.summary import failure_line, print_summary
     from slimtune.search.fixed import FixedSearcher
     from slimtune.trial import save_layer_table
 
@@ -84,4 +84,8 @@ def run(args: argparse.Namespace) -> int:
         else "not timed: predicted beyond the budget"
     print(f"policy:     {outcome.out_dir / 'policy.json'}  ({result.state}, {result.stage}: "
           f"{timed}, budget {outcome.budget_ms:.3f} ms)")
+    failure = failure_line(outcome)
+    if failure is not None:  # the agent's policy failed to build, train or deploy (exit 1)
+        print(f"slimtune: error: {failure}", file=sys.stderr)
+        return 1
     return 0
