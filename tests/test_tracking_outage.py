@@ -79,3 +79,47 @@ def test_still_unreachable_at_the_end_stops_without_success(tmp_path, down_clien
     again = Tracker(uri, "outage", pending=journal)
     assert not again.degraded and not journal.exists()
     assert up_client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("key", ["prune.layer1.0.conv1", "stage(1).conv", "stage[1].conv",
+                                 "a//b", "../x", "./x", "/x", "é" * 300, "k" * 251])
+def test_every_key_is_one_mlflow_accepts_and_distinct_keys_stay_distinct(key):
+    from mlflow.utils.validation import _validate_param_name
+
+    from slimtune.results.tracking import mlflow_key
+
+    clean = mlflow_key(key)
+    _validate_param_name(clean)  # raises on a key MLflow rejects
+    assert len(clean) <= 250
+    if key == "prune.layer1.0.conv1":
+        assert clean == key
+    assert mlflow_key("stage(1).conv") != mlflow_key("stage[1].conv")
+
+
+def test_a_key_mlflow_would_reject_is_logged_as_one_it_accepts(tmp_path):
+    from slimtune.results.tracking import mlflow_key
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    journal = tmp_path / "mlflow-pending.jsonl"
+    tracker = Tracker(uri, "keys", pending=journal)
+    parent = tracker.start_job("job", {"prune.stage(1).conv": 0.5}, {"searcher": "random"})
+    tracker.log(parent, metrics={"acc[top1]": 0.5}, tags={"note(x)": "y"})
+    assert not tracker.degraded and not journal.exists()
+    run = MlflowClient(uri).get_run(parent).data
+    assert run.params[mlflow_key("prune.stage(1).conv")] == "0.5"
+    assert run.metrics[mlflow_key("acc[top1]")] == 0.5
+    assert run.tags[mlflow_key("note(x)")] == "y"
+
+
+def test_a_record_mlflow_rejects_is_an_error_not_an_outage(tmp_path):
+    """Logging a param again with another value is refused by MLflow itself: waiting for
+    the server to come back would never get it in, so it is raised, not journalled."""
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    journal = tmp_path / "mlflow-pending.jsonl"
+    tracker = Tracker(uri, "rejected", pending=journal)
+    parent = tracker.start_job("job", {"a": 1}, {})
+    with pytest.raises(MlflowException):
+        tracker.log(parent, params={"a": 2})
+    assert not tracker.degraded and not journal.exists()

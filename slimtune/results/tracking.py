@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import posixpath
+import re
 import sys
 import time
 import uuid
@@ -20,6 +23,31 @@ from slimtune.result import TrialResult
 _BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 PLACEHOLDER = "pending-"  # run ids handed out while MLflow is unreachable
 PENDING_FILE = "mlflow-pending.jsonl"  # the journal, in the job's output directory
+
+
+#: what MLflow accepts in a param, metric or tag key (mlflow.utils.validation), and its limits
+_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+_MAX_KEY, _MAX_PARAM, _MAX_TAG = 250, 6000, 8000
+
+
+def mlflow_key(key: str) -> str:
+    """``key`` as MLflow accepts it: unchanged when it can; otherwise its other characters
+    (a module named ``stage(1)``, say) and path-like parts made ``_`` and a short hash of
+    the original added, so two keys never become one, cut to MLflow's 250 characters."""
+    clean = _KEY_CHARS.sub("_", key)
+    if posixpath.normpath(clean) != clean or clean in (".", "") or clean.startswith(("..", "/")):
+        clean = clean.replace("/", "_").replace(".", "_") or "_"
+    if clean == key and len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return f"{clean[:_MAX_KEY - 9]}_{digest}"
+
+
+def _rejected(err: BaseException) -> bool:
+    """MLflow refused the record itself (a bad key or value): not an outage to wait out."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code == "INVALID_PARAMETER_VALUE"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -221,7 +249,7 @@ class Tracker:
             except (TypeError, ValueError, AttributeError, KeyError):
                 raise
             except Exception as err:  # noqa: BLE001 - HTTP, SQL and MLflow errors alike
-                if self.pending is None:
+                if self.pending is None or _rejected(err):
                     raise
                 logging.getLogger(__name__).warning("MLflow call failed: %s", err)
                 print(f"slimtune: warning: MLflow at {self.uri} is unreachable "
@@ -291,13 +319,15 @@ class Tracker:
             step: int = 0) -> None:
         """``step``: a later stage of the same run (a scoring search's final figures after
         its measured ones) logs its metrics at a higher step, which MLflow shows."""
-        param_list = [(k, str(v)) for k, v in params.items()]
+        param_list = [(mlflow_key(k), str(v)[:_MAX_PARAM]) for k, v in params.items()]
         for i in range(0, max(len(param_list), 1), _BATCH):
             chunk = param_list[i:i + _BATCH]
             first = i == 0
             self._do("log_batch", run_id, params=chunk, time=0, step=step,
-                     metrics=[(k, float(v)) for k, v in metrics.items()] if first else [],
-                     tags=[(k, str(v)) for k, v in tags.items()] if first else [])
+                     metrics=[(mlflow_key(k), float(v)) for k, v in metrics.items()]
+                     if first else [],
+                     tags=[(mlflow_key(k), str(v)[:_MAX_TAG]) for k, v in tags.items()]
+                     if first else [])
 
     def start_job(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         self.parent_id = self._create(name, {"slimtune.kind": "job", **tags})
