@@ -248,3 +248,30 @@ def test_the_summary_says_one_model_serves_the_search_and_its_reference(tmp_path
     assert lines[2] == (
         "  uniform pruning  val 0.8300 test 0.8200 at 0.45x of the baseline (#10) (the "
         "search's #5: one model); search +2.00 pp val, +2.00 pp test")
+
+
+def test_a_final_timing_at_the_edge_is_timed_again_before_it_stands(monkeypatch):
+    """The uniform reference measured 0.52x before its fine-tune and 0.61x after (budget
+    0.6): the final figure is a decision too, timed again up to MAX_TIMINGS in all."""
+    from types import SimpleNamespace
+
+    from slimtune.pipeline.measure import paired_timing
+
+    ctx = SimpleNamespace(spec=SimpleNamespace(target=None),
+                          data=SimpleNamespace(input_shape=(1, 8, 8)))
+    deployed = SimpleNamespace(onnx_path="model.onnx", model=None)
+    budget = Budget(ms=12.0, fraction=0.6, baseline_ms=20.0)
+
+    def timed(ratios: list[float], earlier: list[float]) -> tuple[int, bool, float]:
+        queue = [_timing(r) for r in ratios]
+        calls = []
+        monkeypatch.setattr(measure_stage, "measure_paired",
+                            lambda *a: calls.append(a) or queue.pop(0))
+        _stats, ratio, met = paired_timing(ctx, "baseline.onnx", budget,
+                                           [_timing(r) for r in earlier])(deployed)
+        return len(calls), met, ratio
+
+    calls, met, ratio = timed([0.61, 0.55], earlier=[0.52])
+    assert calls == 2 and met and ratio == pytest.approx(0.55)  # 3 timings pooled
+    assert timed([0.40], earlier=[])[0] == 1  # far from the edge: one timing stands
+    assert timed([0.61], earlier=[0.6] * MAX_TIMINGS)[0] == 1  # its share already spent
