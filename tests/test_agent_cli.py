@@ -111,7 +111,7 @@ def test_ppo_on_the_supernet_then_apply_with_a_supernet_of_its_own(tmp_path, cap
     # which preflight refuses
     scoring = {"search": {"evaluator": "supernet", "candidates": 4, "trials": 1},
                "supernet": {"steps": 4}, "finalize": {"top_k": 1, "epochs": 1},
-               "space": {"prune_ratios": [0.0, 0.25, 0.5, 0.75], "bits": [32, 8],
+               "space": {"prune_ratios": [0.0, 0.5, 0.75], "bits": [32, 8],
                          "round_to": 1}}
     job = write_job(tmp_path, budget={"latency_fraction": 0.8}, target={"batch_size": 16},
                     agent={"timesteps": 48, "n_steps": 24, "batch_size": 12},
