@@ -27,10 +27,12 @@ PASSES = 2
 
 @dataclass(frozen=True)
 class TeacherOutputs:
-    """Row ``i`` of ``outputs`` is the teacher's output for example ``i`` of ``split_size``."""
+    """Row ``i`` of ``outputs`` is the teacher's output for example ``i`` of its split."""
 
     outputs: torch.Tensor
-    split_size: int
+
+    def __len__(self) -> int:
+        return len(self.outputs)
 
     def of(self, indices: Sequence[int]) -> torch.Tensor:
         return self.outputs[torch.as_tensor(indices, dtype=torch.int64)]
@@ -53,4 +55,4 @@ def teacher_outputs(teacher: nn.Module, split: Split, *, examples_drawn: int,
         return None
     with torch.inference_mode():
         outputs = torch.cat([teacher(batch.x) for batch in split.loader(batch_size)]).float()
-    return TeacherOutputs(outputs.clone(), n)
+    return TeacherOutputs(outputs.clone())

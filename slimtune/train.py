@@ -50,7 +50,7 @@ def train(model: nn.Module, split: Split, *, steps: int, batch_size: int, lr: fl
     if steps <= 0:
         return model.eval()
     if teacher is None or hints is not None or (
-            teacher_outputs is not None and teacher_outputs.split_size != len(split)):
+            teacher_outputs is not None and len(teacher_outputs) != len(split)):
         teacher_outputs = None
     device = torch.device(device)
     if device.type == "cpu":
