@@ -68,6 +68,57 @@ def test_int8_and_fp32_candidates_learn_their_own_margins():
     assert screen.correction(fp32) == 1.0 and screen.admits(fp32)  # nothing learnt yet
 
 
+def test_possible_is_within_budget_at_the_smallest_error_its_class_has_shown():
+    """Measured 10-20% over the predictor: a candidate predicted 9.5 ms (raw) may still
+    meet a 10.5 ms budget (x1.1, the best case), one predicted 9.8 ms may not; before two
+    measurements of a class, ``possible`` is the old slack (predicted_ms / SLACK)."""
+    fp32, int8 = Policy(prune={"g": 0.5}), Policy(prune={"g": 0.5}, bits={"conv": 8})
+    raw = {"a": 9.5, "b": 9.8}
+    screen = Screen(lambda p: raw.get(next(iter(p.prune), ""), 10.0), budget_ms=10.5)
+    assert screen.floor() is None and screen.possible(Policy(prune={"b": 0.5}))  # 9.8/1.3
+    for ms in (11.0, 12.0, 11.5):  # ratios 1.1, 1.2, 1.15 on the fp32 class
+        screen.record(fp32, ms)
+    assert screen.floor("fp32") == pytest.approx(1.1) and screen.floor("int8") is None
+    near, far = Policy(prune={"a": 0.25}), Policy(prune={"b": 0.25})
+    assert not screen.admits(near) and screen.possible(near)  # 9.5 x 1.1 = 10.45
+    assert not screen.possible(far)  # 9.8 x 1.1 = 10.78
+    assert screen.optimistic_ms(fp32) == pytest.approx(11.5)  # timed: as measured
+    assert screen.optimistic_ms(Policy(prune={"a": 0.25}, bits={"conv": 8})) == \
+        pytest.approx(9.5 / SLACK)  # int8: nothing measured, the slack
+
+
+def test_the_near_boundary_pass_times_only_possible_candidates(tmp_path, monkeypatch):
+    """Candidates predicted over budget are timed only while the best case measured so
+    far could bring them within it: measured 10% over the predictor, nothing predicted
+    (raw) past budget / 1.1 is timed."""
+    ctx = tiny_trial_context(tmp_path)
+    rows = [TrialResult(trial_id=i, policy=Policy(prune={"g": i / 100}), state="ok",
+                        stage="scored", score=1.0 - i / 100) for i in range(20)]
+
+    def predict(policy: Policy) -> float:  # 10 ms down to 8.1 ms, best-scored slowest
+        return 10.0 - 10 * policy.prune.get("g", 0.0)
+
+    screen = Screen(predict, budget_ms=9.0)
+    timed: list[float] = []
+
+    def fake_measure(ctx_, row, baseline, budget, timings=None):
+        ms = predict(row.policy) * 1.1  # the predictor is 10% optimistic everywhere
+        timed.append(predict(row.policy))
+        return replace(row, stage="measured", state="ok" if ms <= 9.0 else "infeasible",
+                       latency_ms=ms, latency_ratio=ms / 10.0)
+
+    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
+    budget = Budget(ms=9.0, fraction=None, baseline_ms=10.0)
+    measured = measure_candidates(ctx, rows, screen, count=20, baseline=None, budget=budget,
+                                  on_row=lambda r: None)
+    # the first pass times raw <= 9.0 (margin 1, then 1.1 learnt: raw <= 8.18); the
+    # second, best case x1.1, only raw <= 8.18 more: every timed one but the first two
+    # before the margin was learnt met the budget
+    assert measured and all(ms <= 9.0 + 1e-9 for ms in timed)
+    assert sum(r.state == "ok" for r in measured) >= len(measured) - 2
+    assert all(predict(r.policy) * 1.1 <= 9.0 + 1e-9 for r in measured[2:])
+
+
 def test_a_fractional_screen_is_not_moved_by_a_baseline_measured_under_load():
     """The predictor says 4 ms for a candidate, 10 ms for the baseline (ratio 0.4); the
     job's baseline measured 20 ms under load (a quiet machine: 10), so every reported ms

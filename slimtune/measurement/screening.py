@@ -1,12 +1,13 @@
 """Screening: the latency predictor decides which candidates are worth deploying.
 
 Before anything is exported, every scored candidate's latency is predicted by the
-measured per-layer table (:mod:`slimtune.measurement.predictor`), times a correction learnt from the
-candidates measured so far (measured / predicted, as the env's budget wall does).
-Predicted-feasible candidates are deployed and measured first (then, if too few, the
-best-scored within ``SLACK`` of the budget), and every measurement moves the
-correction, so a predictor that is optimistic on this machine today stops wasting
-measurements after the first few.
+measured per-layer table (:mod:`slimtune.measurement.predictor`), times a correction
+learnt from the candidates measured so far (measured / predicted, as the env's budget
+wall does). Predicted-feasible candidates are deployed and measured first, then (if too
+few) those within budget at the best case measured so far (``Screen.possible``: their
+class's smallest measured/predicted ratio), and every measurement moves the correction,
+so a predictor that is optimistic on this machine today stops wasting measurements
+after the first few.
 """
 
 from __future__ import annotations
@@ -66,12 +67,39 @@ class Screen:
     def margin(self, of: str | None = None) -> float:
         """The correction of one latency class (``fp32``, ``int8``, ``mixed``, each with
         ``+depth`` when blocks are dropped; None: all)."""
-        mine = self.ratios if of is None else [
-            r for r, c in zip(self.ratios, self.classes, strict=True) if c == of]
-        recent = mine[-WINDOW:]
+        recent = self._recent(of)
         if not recent:
             return 1.0
         return float(np.clip(np.quantile(recent, QUANTILE), *BOUNDS))
+
+    def _recent(self, of: str | None) -> list[float]:
+        mine = self.ratios if of is None else [
+            r for r, c in zip(self.ratios, self.classes, strict=True) if c == of]
+        return mine[-WINDOW:]
+
+    def floor(self, of: str | None = None) -> float | None:
+        """The lowest of one latency class's last WINDOW measured/predicted ratios (the
+        best case the measurements so far allow), bounded; None before two."""
+        recent = self._recent(of)
+        return float(np.clip(min(recent), *BOUNDS)) if len(recent) >= 2 else None
+
+    def optimistic_ms(self, policy: Policy) -> float:
+        """``policy``'s latency at the best case its class has measured (the predictor's
+        figure times :meth:`floor`; ``predicted_ms`` / SLACK before two measurements of
+        the class); for a policy this job has timed, its measurement."""
+        known = self.known.get(policy.key())
+        if known is not None:
+            return known
+        low = self.floor(latency_class(policy, self.layers))
+        if low is None:
+            return self.predicted_ms(policy) / SLACK
+        return self.raw_ms(policy) * low
+
+    def possible(self, policy: Policy) -> bool:
+        """Within budget at the best case measured so far (:meth:`optimistic_ms`): a
+        candidate near the boundary worth a measurement; one that is not would miss the
+        budget even with the predictor's smallest error seen on its class."""
+        return self.optimistic_ms(policy) <= self.budget_ms
 
     def raw_ms(self, policy: Policy) -> float:
         """The predictor's figure (relative to its baseline on ``scale_ms`` if set)."""
