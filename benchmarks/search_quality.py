@@ -47,7 +47,11 @@ def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
                           candidates=args.candidates, trials=args.trials)
     # the benchmark's own recipe, not the quickstart's (kept short for its 10 minutes)
     data["finalize"] = {**data.get("finalize", {}), "epochs": args.finalize_epochs,
-                        "top_k": args.top_k}
+                        "top_k": args.top_k, "max_epochs": args.finalize_max_epochs}
+    if args.train_size:  # the well-trained baseline: the whole training split, longer
+        data["data"].update(train_size=args.train_size, test_size=args.test_size)
+    if args.baseline_epochs:
+        data["baseline"] = {**data.get("baseline", {}), "epochs": args.baseline_epochs}
     if args.score_val_size:
         data["scoring"] = {**data.get("scoring", {}), "val_size": args.score_val_size}
     if args.skip_blocks:
@@ -216,6 +220,16 @@ def main() -> None:
                     help="search.trials: candidates timed paired (scoring evaluators)")
     ap.add_argument("--finalize-epochs", type=float, default=2.0,
                     help="finalize.epochs: every final model's fine-tune (188 steps at 2)")
+    ap.add_argument("--train-size", type=int, default=None,
+                    help="training examples (default: the quickstart's 12,000; 58000 with "
+                         "the 2,000-example validation split is all of Fashion-MNIST's)")
+    ap.add_argument("--test-size", type=int, default=None,
+                    help="test examples with --train-size (default: all)")
+    ap.add_argument("--baseline-epochs", type=float, default=None,
+                    help="the baseline's training epochs (default: the quickstart's 2)")
+    ap.add_argument("--finalize-max-epochs", type=float, default=None,
+                    help="finalize.max_epochs: rounds of --finalize-epochs while a final "
+                         "model still gains on validation (default: none, one round)")
     ap.add_argument("--score-val-size", type=int, default=None,
                     help="scoring.val_size (default: the quickstart's, 500)")
     ap.add_argument("--top-k", type=int, default=2,

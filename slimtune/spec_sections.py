@@ -241,13 +241,27 @@ class FinalizeSpec(_Strict):
     distillation (``finetune.distill``, ``temperature``, ``alpha``), deployed, timed
     paired and evaluated on val and test. With ``references``, what a user would do by
     hand (int8 only; uniform pruning at the mildest ratio that meets the budget) gets the
-    same recipe in the same run, so the summary can say what the search beat."""
+    same recipe in the same run, so the summary can say what the search beat.
+
+    ``max_epochs``: a model still short of the baseline's validation score after
+    ``epochs`` gets ``epochs`` more (a fresh cosine schedule, a warm restart) while each
+    round raises that score by at least ``min_gain``, up to ``max_epochs`` in all; the
+    weights best on validation are kept. None: ``epochs`` exactly."""
 
     top_k: int = Field(default=2, ge=1, le=1000)
     epochs: float = Field(default=1.0, gt=0, le=1000)
+    max_epochs: float | None = Field(default=None, gt=0, le=1000)
+    min_gain: float = Field(default=0.005, ge=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.01, gt=0)
     references: bool = True
+
+    @model_validator(mode="after")
+    def _max_epochs_at_least_epochs(self) -> FinalizeSpec:
+        if self.max_epochs is not None and self.max_epochs < self.epochs:
+            raise ValueError(f"max_epochs ({self.max_epochs:g}) must be at least epochs "
+                             f"({self.epochs:g})")
+        return self
 
 
 class EnvSpec(_Strict):

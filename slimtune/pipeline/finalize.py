@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -10,17 +11,23 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from slimtune.evaluators.base import Evaluator
 from slimtune.finetune import finetune
 from slimtune.measurement.latency import machine_lock
 from slimtune.measurement.paired import PairedLatency, PairedTimings
+from slimtune.objective import Objective, evaluate_split
 from slimtune.pipeline.measure import Budget, paired_timing
+from slimtune.policy import Policy
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
 from slimtune.teacher_outputs import TeacherOutputs, teacher_outputs
 from slimtune.trial import TrialContext, evaluate_deployed
+
+#: a round's seed offset: each round of a final fine-tune draws its own batches
+ROUND_SEED = 7919
 
 
 def finalize_steps(spec: JobSpec, train_size: int) -> int:
@@ -51,12 +58,62 @@ def finalize_candidate(ctx: TrialContext, evaluator: Evaluator, row: TrialResult
     teacher = ctx.baseline_model()
     with machine_lock("shared"):
         model = evaluator.model(row.policy)
-        finetune(model, teacher, ctx.table, row.policy, spec, ctx.data.train,
-                 seed=spec.search.seed + row.trial_id, teacher_outputs=outputs)
+        steps = fine_tune_final(ctx, model, teacher, row.policy,
+                                seed=spec.search.seed + row.trial_id, outputs=outputs)
     fields = evaluate_deployed(ctx, model, row.policy, ctx.trials_dir / str(row.trial_id),
                                timing=paired_timing(ctx, baseline, budget, earlier))
-    return replace(row, **fields, finetune_steps=spec.finetune.steps,
+    return replace(row, **fields, finetune_steps=steps,
                    seconds=row.seconds + time.perf_counter() - start)
+
+
+def final_rounds(spec: JobSpec) -> int:
+    """Rounds of ``finalize.epochs`` a final fine-tune may take (``max_epochs`` allows)."""
+    f = spec.finalize
+    return 1 if f.max_epochs is None else max(1, math.floor(f.max_epochs / f.epochs + 1e-9))
+
+
+def fine_tune_final(ctx: TrialContext, model: nn.Module, teacher: nn.Module, policy: Policy,
+                    *, seed: int, outputs: TeacherOutputs | None = None) -> int:
+    """Fine-tune ``model`` in place by ``ctx.spec``'s final recipe (:func:`final_recipe`):
+    one round of ``finalize.epochs``, then, while its validation score is short of the
+    teacher's by more than ``finalize.min_gain``, another round (a fresh cosine schedule)
+    as long as the last one gained ``min_gain``, up to :func:`final_rounds`. The weights
+    best on validation are kept. Returns the optimizer steps taken.
+
+    A pruned copy of a briefly trained baseline needs about its training again (the
+    quickstart's ResNet-20 pruned 37.5%: val 0.779 after one epoch, 0.82 after three,
+    baseline 0.8475), an int8 copy one epoch; rounds let each take what it needs."""
+    spec = ctx.spec
+
+    def tune(k: int) -> None:
+        finetune(model, teacher, ctx.table, policy, spec, ctx.data.train,
+                 seed=seed + ROUND_SEED * k, teacher_outputs=outputs)
+
+    tune(0)
+    rounds, f = final_rounds(spec), spec.finalize
+    if rounds == 1:
+        return spec.finetune.steps
+    objective = Objective.of(spec)
+    target = _val_score(objective, teacher, ctx.data.val)
+    best, kept = _val_score(objective, model, ctx.data.val), copy.deepcopy(model.state_dict())
+    done = 1
+    while done < rounds and best < target - f.min_gain:
+        tune(done)
+        done += 1
+        score = _val_score(objective, model, ctx.data.val)
+        gained = score - best
+        if gained > 0:
+            best, kept = score, copy.deepcopy(model.state_dict())
+        if gained < f.min_gain:
+            break
+    model.load_state_dict(kept)
+    return done * spec.finetune.steps
+
+
+def _val_score(objective: Objective, model: nn.Module, split: Any) -> float:
+    model.eval()
+    with torch.inference_mode():
+        return evaluate_split(objective, model, split)[0]
 
 
 def shared_models(winners: Sequence[TrialResult],
