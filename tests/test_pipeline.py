@@ -72,7 +72,7 @@ def test_possible_is_within_budget_at_the_smallest_error_its_class_has_shown():
     """Measured 10-20% over the predictor: a candidate predicted 9.5 ms (raw) may still
     meet a 10.5 ms budget (x1.1, the best case), one predicted 9.8 ms may not; before two
     measurements of a class, ``possible`` is the old slack (predicted_ms / SLACK)."""
-    fp32, int8 = Policy(prune={"g": 0.5}), Policy(prune={"g": 0.5}, bits={"conv": 8})
+    fp32 = Policy(prune={"g": 0.5})
     raw = {"a": 9.5, "b": 9.8}
     screen = Screen(lambda p: raw.get(next(iter(p.prune), ""), 10.0), budget_ms=10.5)
     assert screen.floor() is None and screen.possible(Policy(prune={"b": 0.5}))  # 9.8/1.3
