@@ -34,6 +34,7 @@ from slimtune.resume import (
     new_study,
     read_finished,
     read_state,
+    save_study,
     sync_or_stop,
     write_state,
 )
@@ -98,6 +99,7 @@ def run_job(spec: JobSpec, out_dir: Path, *, overwrite: bool = False, address: s
         results = _search(prep, measured, searcher, finished, out_dir, tracker,
                           address=address, verbose=verbose)
         search_seconds = time.perf_counter() - search_start
+        save_study(storage, study_name, out_dir)
         if getattr(searcher, "agent", None) is not None:  # ppo: keep the trained agent
             searcher.agent.save(out_dir / "agent.zip")
             tracker.log_artifacts(parent, [out_dir / "agent.zip"])

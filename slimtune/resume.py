@@ -31,6 +31,8 @@ from slimtune.results.outputs import read_trials, write_json
 from slimtune.spec import JobSpec
 
 STATE_FILE = "state.json"
+#: the Optuna study's file under the default storage (``slimtune dashboard`` reads it)
+STUDY_FILE = "study.db"
 
 
 def read_state(out_dir: Path) -> dict[str, Any]:
@@ -79,10 +81,35 @@ def read_finished(out_dir: Path) -> list[TrialResult]:
     return [by_id[i] for i in sorted(by_id)]
 
 
-def new_study(spec: JobSpec, out_dir: Path) -> tuple[str, str]:
-    """(storage, study_name) for a fresh job: unique name, derived from the job's."""
-    storage = spec.search.storage or f"sqlite:///{out_dir / 'study.db'}"
-    return storage, f"{spec.name}-{uuid.uuid4().hex[:12]}"
+def new_study(spec: JobSpec, out_dir: Path) -> tuple[Any, str]:
+    """(storage, study_name) for a fresh job: unique name, derived from the job's.
+
+    A scoring search (``search.evaluator`` other than ``finetune``: never resumed) with
+    the default storage keeps its study in memory and :func:`save_study` writes
+    ``DIR/study.db`` when the search ends: SQLite cost about 0.22 s an ask with the
+    quickstart's 34 parameters (0.01 s in memory), 36 s of its 160 candidates, where
+    writing the study once takes about 11 s."""
+    name = f"{spec.name}-{uuid.uuid4().hex[:12]}"
+    if spec.search.storage is None and spec.search.evaluator != "finetune":
+        import optuna
+
+        return optuna.storages.InMemoryStorage(), name
+    return spec.search.storage or f"sqlite:///{out_dir / STUDY_FILE}", name
+
+
+def save_study(storage: Any, study_name: str, out_dir: Path) -> None:
+    """Write a study kept in memory (:func:`new_study`) to ``DIR/study.db``; a study in
+    RDB storage is there already, and a searcher that is not Optuna's has none."""
+    import optuna
+
+    if not isinstance(storage, optuna.storages.InMemoryStorage):
+        return
+    if study_name not in {s.study_name for s in storage.get_all_studies()}:
+        return
+    path = out_dir / STUDY_FILE
+    path.unlink(missing_ok=True)
+    optuna.copy_study(from_study_name=study_name, from_storage=storage,
+                      to_storage=f"sqlite:///{path}", to_study_name=study_name)
 
 
 def free_ids(used: Iterable[int], count: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import optuna
 import pytest
 
 from slimtune.cli import main
@@ -13,7 +14,7 @@ from tests.jobs import write_job
 SCORING = {"search": {"searcher": "tpe", "evaluator": "bn_recal", "candidates": 10,
                       "trials": 3, "seed": 0},
            "scoring": {"val_size": 64, "recal_batches": 2, "batch_size": 32},
-           "finalize": {"top_k": 1, "epochs": 0.05, "batch_size": 32},
+           "finalize": {"top_k": 1, "epochs": 0.05, "max_epochs": 0.1, "batch_size": 32},
            "budget": {"latency_fraction": 0.95}, "evaluate": [],
            "target": {"batch_size": 32}}
 
@@ -50,6 +51,10 @@ def test_scoring_job_end_to_end(tmp_path, capsys, sections):
     best = next(r for r in rows if r["trial_id"] == pareto["best_trial"])
     assert best["stage"] == "final" and best["feasible"]
     assert (out / "best" / "model.onnx").is_file() and (out / "candidates.jsonl").is_file()
+    state = json.loads((out / "state.json").read_text())  # the study, kept in memory, saved
+    study = optuna.load_study(study_name=state["study_name"],
+                              storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) >= 10
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
