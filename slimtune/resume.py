@@ -26,6 +26,7 @@ from typing import Any
 
 from slimtune.errors import UserInputError
 from slimtune.policy import write_text_atomic
+from slimtune.preflight import uses_scoring
 from slimtune.result import TrialResult
 from slimtune.results.outputs import read_trials, write_json
 from slimtune.spec import JobSpec
@@ -90,7 +91,7 @@ def new_study(spec: JobSpec, out_dir: Path) -> tuple[Any, str]:
     quickstart's 34 parameters (0.01 s in memory), 36 s of its 160 candidates, where
     writing the study once takes about 11 s."""
     name = f"{spec.name}-{uuid.uuid4().hex[:12]}"
-    if spec.search.storage is None and spec.search.evaluator != "finetune":
+    if spec.search.storage is None and uses_scoring(spec):
         import optuna
 
         return optuna.storages.InMemoryStorage(), name

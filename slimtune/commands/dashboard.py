@@ -13,11 +13,11 @@ import importlib.util
 from pathlib import Path
 
 from slimtune.errors import UserInputError
+from slimtune.resume import STUDY_FILE
 
 NAME = "dashboard"
 HELP = "open optuna-dashboard on a job's Optuna study (DIR/study.db)"
 ORDER = 45
-STUDY_FILE = "study.db"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
