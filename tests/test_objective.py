@@ -52,7 +52,10 @@ def test_a_metric_is_the_mean_over_examples_read_batch_by_batch() -> None:
     logits = predict(model, x)
     top1, kept = evaluate_split(CLASSIFICATION, model, split)
     assert top1 == pytest.approx(float((logits.argmax(1) == y).float().mean()))
-    assert torch.equal(kept, logits)
+    # One pass over 50 rows and seven of at most 8 take different BLAS kernels on some
+    # CPUs (CI's AMD EPYC differed in the last bits), so the rows are compared to float
+    # precision, not bit for bit.
+    torch.testing.assert_close(kept, logits, rtol=1e-5, atol=1e-6)
     top2, _ = evaluate_split(Objective(metric="tests.objectives:top2"), model, split)
     assert top2 == pytest.approx(float(objectives.top2(logits, y).mean()))
     assert top2 >= top1
