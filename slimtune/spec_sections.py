@@ -39,6 +39,9 @@ class SearchSpec(_Strict):
     seed: int = 0
     concurrency: int = Field(default=1, ge=1, le=1024)
     warm_start: Literal["none", "uniform"] = "none"
+    # Scoring evaluators: NetAdapt-style walks into the budget from the best-scored
+    # models measured just over it (``slimtune/pipeline/refine.py``); 0: none.
+    refine: int = Field(default=2, ge=0, le=100)
     warm_start_from: Path | None = None  # a policy.json or agent.zip, evaluated first
 
     @model_validator(mode="after")

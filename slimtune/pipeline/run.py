@@ -19,6 +19,7 @@ from slimtune.pipeline.measure import (
     settle_the_edge,
 )
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
+from slimtune.pipeline.refine import REFINE, over_budget_starts, refine_walks
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
@@ -78,17 +79,18 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
                                   first_id=0, batch=SCORE_BATCH * spec.search.concurrency,
                                   on_row=s.record)
         s.timings["score_s"] = time.perf_counter() - t1
+        admitted = sum(r.state == "ok" for r in scored)
+        s.say(f"scored {admitted} of {len(scored)} candidates ({len(scored) - admitted} "
+              f"screened out by predicted latency) in {s.timings['score_s']:.0f} s")
+        t2 = time.perf_counter()
+        # a candidate with a reference's policy is the search finding that reference: it
+        # is timed and finalized as its own row (its own fine-tune seed), not skipped
+        measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
+                                      baseline=s.baseline, budget=s.budget, on_row=s.record,
+                                      timings=s.paired)
+        measured += _refined(s, pool, measured + [s.rows[r.trial_id] for r in refs])
     finally:
         pool.close()
-    admitted = sum(r.state == "ok" for r in scored)
-    s.say(f"scored {admitted} of {len(scored)} candidates ({len(scored) - admitted} screened "
-          f"out by predicted latency) in {s.timings['score_s']:.0f} s")
-    t2 = time.perf_counter()
-    # a candidate with a reference's policy is the search finding that reference: it is
-    # timed and finalized as its own row (its own fine-tune seed), not skipped
-    measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
-                                  baseline=s.baseline, budget=s.budget, on_row=s.record,
-                                  timings=s.paired)
     # the decisions the final stage rests on, made on more rounds where drift could turn
     # them: the winners-to-be and the references at the budget's edge are timed again
     measured = settle_the_edge(s.ctx, measured, take=spec.finalize.top_k, baseline=s.baseline,
@@ -115,6 +117,27 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
         s.record(shared_final(s.ctx, s.rows[win], s.rows[ref]))
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
+
+
+def _refined(s: ScoringSearch, pool: ScoringPool,
+             measured: list[TrialResult]) -> list[TrialResult]:
+    """The end points of ``search.refine`` walks (``refine.py``) from the best-scored
+    models measured over the budget."""
+    starts = over_budget_starts(measured, s.ctx.spec.search.refine)
+    if not starts:
+        return []
+    t = time.perf_counter()
+    ends = refine_walks(s.ctx, s.space, s.screen, pool, starts, baseline=s.baseline,
+                        budget=s.budget, timings=s.paired, first_id=max(s.rows) + 1,
+                        on_row=s.record)
+    s.timings["refine_s"] = time.perf_counter() - t
+    walked = sum(r.searcher == REFINE for r in s.rows.values())
+    s.say(f"refine: {len(starts)} walks from " + ", ".join(f"#{r.trial_id}" for r in starts)
+          + f" (over the budget), {walked} proposals scored, {len(ends)} timed: "
+          + (", ".join(f"#{r.trial_id} {r.latency_ratio or 0:.2f}x "
+                       + ("within" if r.feasible else "over") for r in ends) or "none")
+          + f" ({s.timings['refine_s']:.0f} s)")
+    return ends
 
 
 def _seed_searcher(s: ScoringSearch) -> None:

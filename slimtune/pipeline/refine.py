@@ -1,0 +1,127 @@
+"""Stage 2b: NetAdapt-style walks from the best models measured just over the budget.
+
+The best-scored models a job times are often a few percent over the budget: the int8
+reference (ONNX Runtime's int8 ResNet-20 measured 0.56x-0.66x of the baseline in two
+runs on one machine, against a 0.6 budget), or a searcher's best candidate. The nearest
+models inside the budget are then a few groups pruned a notch or two more with the same
+bit-widths, a region random and model-based samplers rarely hit in a few hundred
+candidates (every layer int8, only the cheap-to-lose groups pruned). So, as NetAdapt
+(Yang et al., ECCV 2018) does, a walk starts from such a measured model and, step by
+step, proposes for every group the least extra pruning that saves a step's worth of
+latency, scores the proposals, and keeps the one that loses least score per millisecond
+saved, until the estimate meets the budget; that model is timed paired, and a miss
+continues the walk from its measurement.
+
+Latency is estimated from the walk's measured start: its measurement times the
+predictor's relative change (``Screen.raw_ms``), which errs far less near a measured
+model than the predictor's absolute figure does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from slimtune.measurement.paired import PairedTimings
+from slimtune.measurement.screening import Screen
+from slimtune.pipeline.measure import Budget, measure_candidate
+from slimtune.policy import Policy
+from slimtune.result import TrialResult
+from slimtune.spaces import SearchSpace
+from slimtune.trial import TrialContext
+
+#: the ``searcher`` of a walk's rows
+REFINE = "refine"
+#: a walk aims this far inside the budget (paired timings of one model move ~3%)
+AIM = 0.97
+#: steps per timing: each proposal saves at least 1/STEPS of the way to the aim
+STEPS = 3
+#: steps a walk takes in all, and paired timings of its end points
+MAX_STEPS = 12
+MAX_TIMINGS = 3
+
+
+def over_budget_starts(rows: Sequence[TrialResult], walks: int) -> list[TrialResult]:
+    """The ``walks`` best-scored measured rows over the budget that score above every
+    measured row within it (pruning further rarely raises a score), one per policy."""
+    measured = [r for r in rows if r.stage == "measured" and r.score is not None]
+    best_within = max((r.score or 0.0 for r in measured if r.feasible), default=float("-inf"))
+    starts: dict[str, TrialResult] = {}
+    for row in sorted(measured, key=lambda r: -(r.score or 0.0)):
+        if not row.feasible and (row.score or 0.0) > best_within:
+            starts.setdefault(row.policy.key(), row)
+    return list(starts.values())[:walks]
+
+
+def proposals(space: SearchSpace, policy: Policy, estimate: Callable[[Policy], float],
+              saving_ms: float) -> list[Policy]:
+    """For each group that can be pruned further, ``policy`` with that group pruned the
+    fewest notches that save ``saving_ms`` by ``estimate`` (its most, if none does), the
+    other groups and every bit-width as they are. Proposals that save nothing are left
+    out."""
+    now = estimate(policy)
+    out = []
+    for group, choices in space.ratios.items():
+        more = sorted(c for c in choices if c > policy.ratio(group))
+        pick = None
+        for ratio in more:
+            pick = replace(policy, prune={**policy.prune, group: ratio})
+            if now - estimate(pick) >= saving_ms:
+                break
+        if pick is not None and estimate(pick) < now:
+            out.append(pick)
+    return out
+
+
+def refine_walks(ctx: TrialContext, space: SearchSpace, screen: Screen, pool: Any,
+                 starts: Sequence[TrialResult], *, baseline: Any, budget: Budget,
+                 timings: PairedTimings, first_id: int,
+                 on_row: Callable[[TrialResult], None]) -> list[TrialResult]:
+    """Walk from each of ``starts`` (measured rows over the budget, with scores) into the
+    budget; every proposal is a ``scored`` row (``searcher: refine``), every end point a
+    ``measured`` one. Returns the measured rows."""
+    next_id = first_id
+    measured: list[TrialResult] = []
+    for start in starts:
+        here, here_ms, score = start.policy, start.latency_ms or 0.0, start.score or 0.0
+        steps = 0
+        for _ in range(MAX_TIMINGS):
+            if here_ms <= 0 or steps >= MAX_STEPS:
+                break
+            raw_here = max(screen.raw_ms(here), 1e-9)
+
+            def estimate(p: Policy, anchor_ms: float = here_ms, raw: float = raw_here) -> float:
+                return anchor_ms * screen.raw_ms(p) / raw
+
+            aim = budget.ms * AIM
+            saving = max((estimate(here) - aim) / STEPS, 0.0)
+            policy, row = here, None
+            while estimate(policy) > aim and steps < MAX_STEPS:
+                options = proposals(space, policy, estimate, saving)
+                if not options:
+                    break
+                scores = pool.score(options)
+                rows = []
+                for option, option_score in zip(options, scores, strict=True):
+                    rows.append(TrialResult(
+                        trial_id=next_id, policy=option, state="ok", stage="scored",
+                        score=option_score, predicted_latency_ms=estimate(option),
+                        budget_ms=budget.ms, searcher=REFINE))
+                    next_id += 1
+                    on_row(rows[-1])
+                now = estimate(policy)
+                row = max(rows, key=lambda r: ((r.score or 0.0) - score)
+                          / max(now - (r.predicted_latency_ms or now), 1e-9))
+                policy, score = row.policy, row.score or 0.0
+                steps += 1
+            if row is None or estimate(policy) > aim:
+                break  # the budget is out of this walk's reach
+            done = measure_candidate(ctx, row, baseline, budget, timings)
+            screen.record(policy, done.latency_ms or 0.0)
+            on_row(done)
+            measured.append(done)
+            if done.feasible:
+                break
+            here, here_ms = policy, done.latency_ms or 0.0
+    return measured

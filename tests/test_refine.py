@@ -1,0 +1,101 @@
+"""The NetAdapt-style walks into the budget (slimtune/pipeline/refine.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+import slimtune.pipeline.refine as refine
+from slimtune.layers import build_layer_table
+from slimtune.measurement.screening import Screen
+from slimtune.models import build_builtin
+from slimtune.pipeline.measure import Budget
+from slimtune.pipeline.refine import over_budget_starts, proposals, refine_walks
+from slimtune.result import TrialResult
+from slimtune.spaces import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    model = build_builtin("tiny_resnet", 10, 1).eval()
+    table = build_layer_table(model, (1, 16, 16))
+    return SearchSpace.from_table(table, (0.0, 0.25, 0.5, 0.75), (32, 8))
+
+
+def latency(policy) -> float:
+    """A synthetic target: 10 ms, each group's pruning saving 2 ms per unit of ratio."""
+    return 10.0 - 2.0 * sum(policy.prune.values())
+
+
+def test_proposals_prune_one_group_just_enough(space: SearchSpace) -> None:
+    start = space.uniform(0.0, 8)
+    out = proposals(space, start, latency, saving_ms=0.9)
+    assert len(out) == len(space.ratios)  # every group can be pruned further
+    for p in out:
+        changed = [g for g in space.ratios if p.ratio(g) != start.ratio(g)]
+        assert len(changed) == 1 and p.bits == start.bits
+        # 0.25 saves 0.5 ms, 0.5 saves 1.0: the fewest notches that save 0.9
+        assert p.ratio(changed[0]) == 0.5
+    # a saving no single group reaches: each group at its largest ratio
+    assert {max(p.prune.values()) for p in proposals(space, start, latency, 50.0)} == {0.75}
+    # a group already at its largest ratio proposes nothing
+    full = space.uniform(0.75, 8)
+    assert proposals(space, full, latency, 0.1) == []
+
+
+def test_walks_start_only_above_the_best_model_within_budget(space: SearchSpace) -> None:
+    def row(i, score, feasible, stage="measured", policy=None):
+        return TrialResult(trial_id=i, policy=policy or space.uniform(0.25 * (i % 4), 32),
+                           state="ok" if feasible else "infeasible", stage=stage, score=score)
+
+    rows = [row(0, 0.9, False), row(1, 0.7, True), row(2, 0.8, False), row(3, 0.6, False),
+            row(4, 0.95, False, stage="scored"),
+            row(5, 0.85, False, policy=space.uniform(0.0, 32))]  # #0's policy again
+    assert [r.trial_id for r in over_budget_starts(rows, 5)] == [0, 2]
+    assert [r.trial_id for r in over_budget_starts(rows, 1)] == [0]
+    assert over_budget_starts(rows, 0) == []
+
+
+class _Pool:
+    """Scores: pruning the first group costs nothing, every other group costs a lot."""
+
+    def __init__(self, free: str) -> None:
+        self.free, self.scored = free, []
+
+    def score(self, policies):
+        self.scored += list(policies)
+        return [0.9 - sum(r for g, r in p.prune.items() if g != self.free) for p in policies]
+
+
+def test_a_walk_prunes_the_cheapest_group_and_retries_from_a_miss(space, monkeypatch) -> None:
+    free = next(iter(space.ratios))
+    pool = _Pool(free)
+    # the target runs 10% slower than the first estimate (the start's figure times the
+    # predictor's change): the first end point misses, and the walk goes on from there
+
+    def measure(ctx, row, baseline, budget, timings):
+        ms = latency(row.policy) * 1.1
+        return replace(row, stage="measured", latency_ms=ms,
+                       state="ok" if ms <= budget.ms else "infeasible")
+
+    monkeypatch.setattr(refine, "measure_candidate", measure)
+    start = TrialResult(trial_id=7, policy=space.uniform(0.0, 8), state="infeasible",
+                        stage="measured", score=0.9, latency_ms=10.0)
+    rows = []
+    ends = refine_walks(None, space, Screen(predict_ms=latency, budget_ms=9.7), pool, [start],
+                        baseline=None, budget=Budget(ms=9.7, fraction=None, baseline_ms=10.0),
+                        timings=None, first_id=100, on_row=rows.append)
+    scored_ids = [r.trial_id for r in rows if r.stage == "scored"]
+    assert scored_ids == list(range(100, 100 + len(scored_ids)))  # numbered from first_id
+    assert len(pool.scored) == len(scored_ids)
+    assert all(r.searcher == refine.REFINE for r in rows)
+    # aim 0.97 x 9.7: free at 0.5 is estimated 9.0 and measures 9.9; from there free at
+    # 0.75 is estimated 8.5 x 1.1 = 9.35 and measures it
+    assert [r.latency_ms for r in ends] == pytest.approx([9.9, 9.35])
+    assert ends[-1].feasible
+    # every step pruned only the group whose pruning loses no score
+    assert all(g == free for g, r in ends[-1].policy.prune.items() if r > 0)
+    assert ends[-1].score == pytest.approx(0.9)
+    assert len(ends) == 2 and not ends[0].feasible  # a miss, then a walk on from it
+    assert [r for r in rows if r.stage == "measured"] == ends
