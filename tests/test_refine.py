@@ -11,7 +11,8 @@ from slimtune.layers import build_layer_table
 from slimtune.measurement.screening import Screen
 from slimtune.models import build_builtin
 from slimtune.pipeline.measure import Budget
-from slimtune.pipeline.refine import over_budget_starts, proposals, refine_walks
+from slimtune.pipeline.refine import proposals, refine_walks, walk_starts
+from slimtune.pipeline.run import _fallbacks
 from slimtune.result import TrialResult
 from slimtune.spaces import SearchSpace
 
@@ -44,17 +45,37 @@ def test_proposals_prune_one_group_just_enough(space: SearchSpace) -> None:
     assert proposals(space, full, latency, 0.1) == []
 
 
-def test_walks_start_only_above_the_best_model_within_budget(space: SearchSpace) -> None:
-    def row(i, score, feasible, stage="measured", policy=None):
+def test_walks_start_at_the_edge_above_every_model_securely_within(space) -> None:
+    def row(i, score, ms, stage="measured", policy=None):
         return TrialResult(trial_id=i, policy=policy or space.uniform(0.25 * (i % 4), 32),
-                           state="ok" if feasible else "infeasible", stage=stage, score=score)
+                           state="ok" if ms <= 10.0 else "infeasible", stage=stage,
+                           score=score, latency_ms=ms)
 
-    rows = [row(0, 0.9, False), row(1, 0.7, True), row(2, 0.8, False), row(3, 0.6, False),
-            row(4, 0.95, False, stage="scored"),
-            row(5, 0.85, False, policy=space.uniform(0.0, 32))]  # #0's policy again
-    assert [r.trial_id for r in over_budget_starts(rows, 5)] == [0, 2]
-    assert [r.trial_id for r in over_budget_starts(rows, 1)] == [0]
-    assert over_budget_starts(rows, 0) == []
+    rows = [row(0, 0.9, 11.0), row(1, 0.7, 9.0), row(2, 0.8, 10.5), row(3, 0.6, 12.0),
+            row(4, 0.95, 11.0, stage="scored"),
+            row(5, 0.85, 11.0, policy=space.uniform(0.0, 32)),  # #0's policy again
+            row(6, 0.75, 9.9, policy=space.uniform(0.75, 8))]  # within, by < AIM leaves
+    assert [r.trial_id for r in walk_starts(rows, 10.0, 5)] == [0, 2, 6]
+    assert [r.trial_id for r in walk_starts(rows, 10.0, 1)] == [0]
+    assert walk_starts(rows, 10.0, 0) == []
+    # a model securely within that outscores them: nothing to walk from
+    assert walk_starts(rows + [row(7, 0.99, 8.0)], 10.0, 5) == []
+
+
+def test_the_next_best_is_finalized_when_every_winner_landed_over(space) -> None:
+    def row(i, ok, ratio=0.0):
+        return TrialResult(trial_id=i, policy=space.uniform(ratio, 8),
+                           state="ok" if ok else "infeasible", stage="final")
+
+    winners = [row(1, True)]
+    within = [row(1, True), row(2, True), row(3, True, 0.25), row(4, True, 0.5)]
+    assert _fallbacks(winners, [row(1, True)], within) == []  # it stayed within
+    spare = _fallbacks(winners, [row(1, False)], within)
+    # #2 has #1's policy (a model already judged): #3 is next
+    assert [r.trial_id for r in spare] == [3]
+    assert [r.trial_id for r in _fallbacks(winners + [within[2]], [row(1, False),
+                                           row(3, False)], within)] == [4]
+    assert _fallbacks([], [], within) == []
 
 
 class _Pool:

@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     agent = CompressionAgent.load(args.agent)
     # one candidate: the agent's policy (a scoring job scores, times and finalizes it, with
-    # the references beside it; with search.evaluator: supernet, on this model's own supernet)
-    spec = load_spec(args.job).with_overrides(trials=1, searcher="ppo", candidates=1)
+    # the references beside it; with search.evaluator: supernet, on this model's own supernet).
+    # No refine walks: what is judged and saved is the agent's own policy
+    spec = load_spec(args.job).with_overrides(trials=1, searcher="ppo", candidates=1, refine=0)
     check_out_dir(args.out, overwrite=args.overwrite)
     if not args.verbose:
         warnings.filterwarnings("ignore")

@@ -1,16 +1,19 @@
-"""Stage 2b: NetAdapt-style walks from the best models measured just over the budget.
+"""Stage 2b: NetAdapt-style walks from the best models measured at the budget's edge.
 
 The best-scored models a job times are often a few percent over the budget: the int8
 reference (ONNX Runtime's int8 ResNet-20 measured 0.56x-0.66x of the baseline in two
-runs on one machine, against a 0.6 budget), or a searcher's best candidate. The nearest
+runs on one machine, against a 0.6 budget, and 0.50x against 0.5, then 0.501x when
+its final model was timed), or a searcher's best candidate. The nearest
 models inside the budget are then a few groups pruned a notch or two more with the same
 bit-widths, a region random and model-based samplers rarely hit in a few hundred
 candidates (every layer int8, only the cheap-to-lose groups pruned). So, as NetAdapt
 (Yang et al., ECCV 2018) does, a walk starts from such a measured model and, step by
 step, proposes for every group the least extra pruning that saves a step's worth of
 latency, scores the proposals, and keeps the one that loses least score per millisecond
-saved, until the estimate meets the budget; that model is timed paired, and a miss
-continues the walk from its measurement.
+saved, until the estimate is 3% inside the budget; that model is timed paired, and a
+miss continues the walk from its measurement. A start within the budget by less than
+that is walked from too: its end point is the fallback the final stage takes if the
+start's final model lands over the budget.
 
 Latency is estimated from the walk's measured start: its measurement times the
 predictor's relative change (``Screen.raw_ms``), which errs far less near a measured
@@ -42,14 +45,20 @@ MAX_STEPS = 12
 MAX_TIMINGS = 3
 
 
-def over_budget_starts(rows: Sequence[TrialResult], walks: int) -> list[TrialResult]:
-    """The ``walks`` best-scored measured rows over the budget that score above every
-    measured row within it (pruning further rarely raises a score), one per policy."""
+def walk_starts(rows: Sequence[TrialResult], budget_ms: float, walks: int) -> list[TrialResult]:
+    """The ``walks`` best-scored measured rows at the budget's edge (over it, or within it
+    by less than ``AIM`` leaves: another timing may turn them) that outscore every
+    measured row securely within it (pruning further rarely raises a score), one per
+    policy."""
     measured = [r for r in rows if r.stage == "measured" and r.score is not None]
-    best_within = max((r.score or 0.0 for r in measured if r.feasible), default=float("-inf"))
+
+    def secure(r: TrialResult) -> bool:
+        return r.feasible and (r.latency_ms or float("inf")) <= budget_ms * AIM
+
+    best_secure = max((r.score or 0.0 for r in measured if secure(r)), default=float("-inf"))
     starts: dict[str, TrialResult] = {}
     for row in sorted(measured, key=lambda r: -(r.score or 0.0)):
-        if not row.feasible and (row.score or 0.0) > best_within:
+        if not secure(row) and (row.score or 0.0) > best_secure:
             starts.setdefault(row.policy.key(), row)
     return list(starts.values())[:walks]
 
@@ -78,9 +87,9 @@ def refine_walks(ctx: TrialContext, space: SearchSpace, screen: Screen, pool: An
                  starts: Sequence[TrialResult], *, baseline: Any, budget: Budget,
                  timings: PairedTimings, first_id: int,
                  on_row: Callable[[TrialResult], None]) -> list[TrialResult]:
-    """Walk from each of ``starts`` (measured rows over the budget, with scores) into the
-    budget; every proposal is a ``scored`` row (``searcher: refine``), every end point a
-    ``measured`` one. Returns the measured rows."""
+    """Walk from each of ``starts`` (measured rows at the budget's edge, with scores) to
+    ``AIM`` of the budget; every proposal is a ``scored`` row (``searcher: refine``), every
+    end point a ``measured`` one. Returns the measured rows."""
     next_id = first_id
     measured: list[TrialResult] = []
     for start in starts:

@@ -19,7 +19,7 @@ from slimtune.pipeline.measure import (
     settle_the_edge,
 )
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
-from slimtune.pipeline.refine import REFINE, over_budget_starts, refine_walks
+from slimtune.pipeline.refine import REFINE, refine_walks, walk_starts
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
@@ -111,19 +111,39 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
           f"({len(winners)} searched, {len(finals) - len(winners)} references"
           + "".join(f"; reference #{ref} is #{win}'s policy, fine-tuned once"
                     for ref, win in shared.items()) + ")")
-    finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
-                    references=s.references_start, timings=s.paired)
+    done = finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
+                           references=s.references_start, timings=s.paired)
+    spare = _fallbacks(winners, done, within)
+    if spare:
+        s.say("finalize: no searched final model within the budget after its own timing; "
+              "next best: " + ", ".join(f"#{r.trial_id}" for r in spare))
+        finalize_in_ray(s.ctx, s.evaluator, spare, s.baseline, s.budget, s.record,
+                        timings=s.paired)
     for ref, win in shared.items():
         s.record(shared_final(s.ctx, s.rows[win], s.rows[ref]))
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
 
 
+def _fallbacks(winners: list[TrialResult], done: list[TrialResult],
+               within: list[TrialResult]) -> list[TrialResult]:
+    """When every searched final model landed over the budget on its own timing (a
+    winner at the budget's edge), the next best-scored measured candidates within it,
+    as many as there were winners, each policy once."""
+    ids = {w.trial_id for w in winners}
+    if not ids or any(r.feasible for r in done if r.trial_id in ids):
+        return []
+    tried = {w.policy.key() for w in winners}
+    spare = [r for r in within if r.trial_id not in ids and r.policy.key() not in tried
+             and not tried.add(r.policy.key())]
+    return spare[:len(winners)]
+
+
 def _refined(s: ScoringSearch, pool: ScoringPool,
              measured: list[TrialResult]) -> list[TrialResult]:
     """The end points of ``search.refine`` walks (``refine.py``) from the best-scored
-    models measured over the budget."""
-    starts = over_budget_starts(measured, s.ctx.spec.search.refine)
+    models measured at the budget's edge."""
+    starts = walk_starts(measured, s.budget.ms, s.ctx.spec.search.refine)
     if not starts:
         return []
     t = time.perf_counter()
@@ -133,7 +153,7 @@ def _refined(s: ScoringSearch, pool: ScoringPool,
     s.timings["refine_s"] = time.perf_counter() - t
     walked = sum(r.searcher == REFINE for r in s.rows.values())
     s.say(f"refine: {len(starts)} walks from " + ", ".join(f"#{r.trial_id}" for r in starts)
-          + f" (over the budget), {walked} proposals scored, {len(ends)} timed: "
+          + f" (at the budget's edge), {walked} proposals scored, {len(ends)} timed: "
           + (", ".join(f"#{r.trial_id} {r.latency_ratio or 0:.2f}x "
                        + ("within" if r.feasible else "over") for r in ends) or "none")
           + f" ({s.timings['refine_s']:.0f} s)")
