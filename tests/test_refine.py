@@ -58,6 +58,9 @@ def test_walks_start_at_the_edge_above_every_model_securely_within(space) -> Non
     assert [r.trial_id for r in walk_starts(rows, 10.0, 5)] == [0, 2, 6]
     assert [r.trial_id for r in walk_starts(rows, 10.0, 1)] == [0]
     assert walk_starts(rows, 10.0, 0) == []
+    # too far over (REACH): a walk that long would prune the score away
+    assert [r.trial_id for r in walk_starts(
+        rows + [row(8, 0.99, 12.0, policy=space.uniform(0.75, 32))], 10.0, 5)] == [0, 2, 6]
     # a model securely within that outscores them: nothing to walk from
     assert walk_starts(rows + [row(7, 0.99, 8.0)], 10.0, 5) == []
 
@@ -120,3 +123,19 @@ def test_a_walk_prunes_the_cheapest_group_and_retries_from_a_miss(space, monkeyp
     assert ends[-1].score == pytest.approx(0.9)
     assert len(ends) == 2 and not ends[0].feasible  # a miss, then a walk on from it
     assert [r for r in rows if r.stage == "measured"] == ends
+
+
+def test_a_walk_that_falls_below_the_best_secure_score_is_not_timed(space, monkeypatch) -> None:
+    def measure(*_args, **_kw):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(refine, "measure_candidate", measure)
+    start = TrialResult(trial_id=7, policy=space.uniform(0.0, 8), state="infeasible",
+                        stage="measured", score=0.9, latency_ms=10.0)
+    rows = []
+    # every proposal prunes a group that costs score (none is free)
+    ends = refine_walks(None, space, Screen(predict_ms=latency, budget_ms=9.0),
+                        _Pool(free=""), [start], baseline=None,
+                        budget=Budget(ms=9.0, fraction=None, baseline_ms=10.0), timings=None,
+                        first_id=100, on_row=rows.append, floor=0.85)
+    assert ends == [] and rows  # proposals scored, the walk given up before a timing

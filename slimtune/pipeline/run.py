@@ -19,7 +19,7 @@ from slimtune.pipeline.measure import (
     settle_the_edge,
 )
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
-from slimtune.pipeline.refine import REFINE, refine_walks, walk_starts
+from slimtune.pipeline.refine import REFINE, best_secure_score, refine_walks, walk_starts
 from slimtune.pipeline.score import ScoringPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
@@ -149,7 +149,7 @@ def _refined(s: ScoringSearch, pool: ScoringPool,
     t = time.perf_counter()
     ends = refine_walks(s.ctx, s.space, s.screen, pool, starts, baseline=s.baseline,
                         budget=s.budget, timings=s.paired, first_id=max(s.rows) + 1,
-                        on_row=s.record)
+                        on_row=s.record, floor=best_secure_score(measured, s.budget.ms))
     s.timings["refine_s"] = time.perf_counter() - t
     walked = sum(r.searcher == REFINE for r in s.rows.values())
     s.say(f"refine: {len(starts)} walks from " + ", ".join(f"#{r.trial_id}" for r in starts)
