@@ -275,3 +275,45 @@ def test_a_final_timing_at_the_edge_is_timed_again_before_it_stands(monkeypatch)
     assert calls == 2 and met and ratio == pytest.approx(0.55)  # 3 timings pooled
     assert timed([0.40], earlier=[])[0] == 1  # far from the edge: one timing stands
     assert timed([0.61], earlier=[0.6] * MAX_TIMINGS)[0] == 1  # its share already spent
+
+
+def test_a_winner_whose_final_model_lands_over_hands_over_to_the_next_best(tmp_path,
+                                                                           monkeypatch):
+    """Every searched final model over the budget on its own timing: the next best-scored
+    candidate measured within it, of another policy, is finalized too, and is what the
+    job has to hand out."""
+    from slimtune.measurement.screening import Screen
+    from slimtune.pipeline import run as run_stage
+    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
+    from slimtune.pipeline.score import LocalPool
+    from slimtune.search.random_search import RandomSearcher
+    from tests.test_pipeline import _evaluator
+
+    ctx, space, _int8, budget = _tiny_search(tmp_path, candidates=8, trials=8)
+    ctx = replace(ctx, spec=ctx.spec.with_sections(finalize={"references": False}))
+
+    def fake_measure(ctx_, row, baseline, budget_, timings=None):
+        return _timed_row(row, timings, budget_, 0.5)
+
+    calls: list[list[int]] = []
+
+    def fake_finalize(ctx_, evaluator, rows, baseline, budget_, on_row, **kw):
+        calls.append([r.trial_id for r in rows])
+        over = len(calls) == 1  # the first winner's final model lands over the budget
+        for r in rows:
+            on_row(replace(r, stage="final", state="infeasible" if over else "ok",
+                           accuracy=0.8, test_accuracy=0.79))
+
+    monkeypatch.setattr(run_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
+    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
+    monkeypatch.setattr(run_stage, "finalize_in_ray", fake_finalize)
+    s = ScoringSearch(ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=8),
+                      evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0),
+                      budget=budget, baseline=None, on_row=lambda r: None)
+    out = {r.trial_id: r for r in run_scoring_search(s)}
+    assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == 1
+    first, second = out[calls[0][0]], out[calls[1][0]]
+    assert not first.feasible and second.feasible and second.stage == "final"
+    assert second.policy.key() != first.policy.key()
+    assert (second.score or 0.0) <= (first.score or 0.0)  # the next best, not a better one

@@ -111,9 +111,9 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
           f"({len(winners)} searched, {len(finals) - len(winners)} references"
           + "".join(f"; reference #{ref} is #{win}'s policy, fine-tuned once"
                     for ref, win in shared.items()) + ")")
-    done = finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
-                           references=s.references_start, timings=s.paired)
-    spare = _fallbacks(winners, done, within)
+    finalize_in_ray(s.ctx, s.evaluator, finals, s.baseline, s.budget, s.record,
+                    references=s.references_start, timings=s.paired)
+    spare = _fallbacks(winners, [s.rows[w.trial_id] for w in winners], within)
     if spare:
         s.say("finalize: no searched final model within the budget after its own timing; "
               "next best: " + ", ".join(f"#{r.trial_id}" for r in spare))
@@ -127,9 +127,10 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
 
 def _fallbacks(winners: list[TrialResult], done: list[TrialResult],
                within: list[TrialResult]) -> list[TrialResult]:
-    """When every searched final model landed over the budget on its own timing (a
-    winner at the budget's edge), the next best-scored measured candidates within it,
-    as many as there were winners, each policy once."""
+    """When every searched final model (``done``: the winners' rows after the final
+    stage) landed over the budget on its own timing (a winner at the budget's edge), the
+    next best-scored measured candidates within it, as many as there were winners, each
+    policy once."""
     ids = {w.trial_id for w in winners}
     if not ids or any(r.feasible for r in done if r.trial_id in ids):
         return []
