@@ -48,6 +48,26 @@ def _timed_row(row: TrialResult, timings: PairedTimings, budget: Budget,
                    latency_ratio=paired.ratio, latency_ms=paired.ratio * budget.baseline_ms)
 
 
+def _run_patched(monkeypatch, ctx, space, budget, measure, finalize, **search):
+    """``run_scoring_search`` of a random search over ``space`` with ``measure`` and
+    ``finalize`` in place of deploying and fine-tuning, scoring in-process."""
+    from slimtune.measurement.screening import Screen
+    from slimtune.pipeline import run as run_stage
+    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
+    from slimtune.pipeline.score import LocalPool
+    from slimtune.search.random_search import RandomSearcher
+    from tests.test_pipeline import _evaluator
+
+    monkeypatch.setattr(run_stage, "measure_candidate", measure)
+    monkeypatch.setattr(measure_stage, "measure_candidate", measure)
+    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
+    monkeypatch.setattr(run_stage, "finalize_in_ray", finalize)
+    return run_scoring_search(ScoringSearch(
+        ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=8),
+        evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0), budget=budget,
+        baseline=None, on_row=lambda r: None, **search))
+
+
 def test_pooled_timings_are_judged_on_all_their_rounds():
     one = _timing(0.50)
     assert pooled([one]) is one
@@ -180,11 +200,6 @@ def test_a_reference_the_search_found_is_fine_tuned_once(tmp_path, monkeypatch, 
     """The search's winner is the int8-only policy and both start from the same network
     (bn_recal): one fine-tune, both rows hand out that model (its files under both ids).
     With a start of their own (a supernet search), the reference is fine-tuned itself."""
-    from slimtune.measurement.screening import Screen
-    from slimtune.pipeline import run as run_stage
-    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
-    from slimtune.pipeline.score import LocalPool
-    from slimtune.search.random_search import RandomSearcher
     from tests.test_pipeline import _evaluator
 
     ctx, space, int8, budget = _tiny_search(tmp_path, candidates=8, trials=8)
@@ -203,15 +218,8 @@ def test_a_reference_the_search_found_is_fine_tuned_once(tmp_path, monkeypatch, 
             on_row(replace(r, stage="final", accuracy=0.8 + r.trial_id / 1000,
                            test_accuracy=0.79))
 
-    monkeypatch.setattr(run_stage, "measure_candidate", fake_measure)
-    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
-    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
-    monkeypatch.setattr(run_stage, "finalize_in_ray", fake_finalize)
-    s = ScoringSearch(ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=8),
-                      evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0),
-                      budget=budget, baseline=None, on_row=lambda r: None,
-                      references_start=_evaluator(ctx) if own_start else None)
-    out = run_scoring_search(s)
+    out = _run_patched(monkeypatch, ctx, space, budget, fake_measure, fake_finalize,
+                       references_start=_evaluator(ctx) if own_start else None)
     winner = next(r for r in out if r.stage == "final" and not r.reference)
     ref = next(r for r in out if r.reference == "int8")
     assert winner.policy.key() == int8.key() and ref.stage == "final"
@@ -282,12 +290,6 @@ def test_a_winner_whose_final_model_lands_over_hands_over_to_the_next_best(tmp_p
     """Every searched final model over the budget on its own timing: the next best-scored
     candidate measured within it, of another policy, is finalized too, and is what the
     job has to hand out."""
-    from slimtune.measurement.screening import Screen
-    from slimtune.pipeline import run as run_stage
-    from slimtune.pipeline.run import ScoringSearch, run_scoring_search
-    from slimtune.pipeline.score import LocalPool
-    from slimtune.search.random_search import RandomSearcher
-    from tests.test_pipeline import _evaluator
 
     ctx, space, _int8, budget = _tiny_search(tmp_path, candidates=8, trials=8)
     ctx = replace(ctx, spec=ctx.spec.with_sections(finalize={"references": False}))
@@ -304,14 +306,8 @@ def test_a_winner_whose_final_model_lands_over_hands_over_to_the_next_best(tmp_p
             on_row(replace(r, stage="final", state="infeasible" if over else "ok",
                            accuracy=0.8, test_accuracy=0.79))
 
-    monkeypatch.setattr(run_stage, "measure_candidate", fake_measure)
-    monkeypatch.setattr(measure_stage, "measure_candidate", fake_measure)
-    monkeypatch.setattr(run_stage, "ScoringPool", lambda ev, workers, cpus: LocalPool(ev))
-    monkeypatch.setattr(run_stage, "finalize_in_ray", fake_finalize)
-    s = ScoringSearch(ctx=ctx, space=space, searcher=RandomSearcher(space, seed=0, trials=8),
-                      evaluator=_evaluator(ctx), screen=Screen(lambda p: 1.0, budget_ms=6.0),
-                      budget=budget, baseline=None, on_row=lambda r: None)
-    out = {r.trial_id: r for r in run_scoring_search(s)}
+    out = {r.trial_id: r for r in _run_patched(monkeypatch, ctx, space, budget, fake_measure,
+                                                fake_finalize)}
     assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == 1
     first, second = out[calls[0][0]], out[calls[1][0]]
     assert not first.feasible and second.feasible and second.stage == "final"
