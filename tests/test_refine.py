@@ -106,10 +106,10 @@ def test_a_walk_prunes_the_cheapest_group_and_retries_from_a_miss(space, monkeyp
     monkeypatch.setattr(refine, "measure_candidate", measure)
     start = TrialResult(trial_id=7, policy=space.uniform(0.0, 8), state="infeasible",
                         stage="measured", score=0.9, latency_ms=10.0)
-    rows = []
+    rows, why = [], []
     ends = refine_walks(None, space, Screen(predict_ms=latency, budget_ms=9.7), pool, [start],
                         baseline=None, budget=Budget(ms=9.7, fraction=None, baseline_ms=10.0),
-                        timings=None, first_id=100, on_row=rows.append)
+                        timings=None, first_id=100, on_row=rows.append, why=why)
     scored_ids = [r.trial_id for r in rows if r.stage == "scored"]
     assert scored_ids == list(range(100, 100 + len(scored_ids)))  # numbered from first_id
     assert len(pool.scored) == len(scored_ids)
@@ -123,6 +123,7 @@ def test_a_walk_prunes_the_cheapest_group_and_retries_from_a_miss(space, monkeyp
     assert ends[-1].score == pytest.approx(0.9)
     assert len(ends) == 2 and not ends[0].feasible  # a miss, then a walk on from it
     assert [r for r in rows if r.stage == "measured"] == ends
+    assert why == [f"#7: #{ends[-1].trial_id} within the budget"]
 
 
 def test_a_walk_that_falls_below_the_best_secure_score_is_not_timed(space, monkeypatch) -> None:
@@ -137,5 +138,13 @@ def test_a_walk_that_falls_below_the_best_secure_score_is_not_timed(space, monke
     ends = refine_walks(None, space, Screen(predict_ms=latency, budget_ms=9.0),
                         _Pool(free=""), [start], baseline=None,
                         budget=Budget(ms=9.0, fraction=None, baseline_ms=10.0), timings=None,
-                        first_id=100, on_row=rows.append, floor=0.85)
+                        first_id=100, on_row=rows.append, floor=0.85, why=(why := []))
     assert ends == [] and rows  # proposals scored, the walk given up before a timing
+    assert len(why) == 1 and "under the best within the budget (0.850)" in why[0]
+    # a target where pruning saves nothing (int8 here on narrow layers): no proposal at all
+    why = []
+    assert refine_walks(None, space, Screen(predict_ms=lambda p: 10.0, budget_ms=9.0),
+                        _Pool(free=""), [start], baseline=None,
+                        budget=Budget(ms=9.0, fraction=None, baseline_ms=10.0), timings=None,
+                        first_id=100, on_row=rows.append, why=why) == []
+    assert why == ["#7: no pruning saves latency after 0 steps"]

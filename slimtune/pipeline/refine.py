@@ -100,19 +100,21 @@ def refine_walks(ctx: TrialContext, space: SearchSpace, screen: Screen, pool: An
                  starts: Sequence[TrialResult], *, baseline: Any, budget: Budget,
                  timings: PairedTimings, first_id: int,
                  on_row: Callable[[TrialResult], None],
-                 floor: float = float("-inf")) -> list[TrialResult]:
+                 floor: float = float("-inf"),
+                 why: list[str] | None = None) -> list[TrialResult]:
     """Walk from each of ``starts`` (measured rows at the budget's edge, with scores) to
     ``AIM`` of the budget; every proposal is a ``scored`` row (``searcher: refine``), every
     end point a ``measured`` one. A walk whose score falls below ``floor`` (the best score
     securely within the budget) stops untimed: it cannot beat what is already there.
-    Returns the measured rows."""
+    Returns the measured rows; ``why``, if given, gets how each walk ended."""
     next_id = first_id
     measured: list[TrialResult] = []
     for start in starts:
         here, here_ms, score = start.policy, start.latency_ms or 0.0, start.score or 0.0
-        steps = 0
+        steps, ended = 0, f"#{start.trial_id}: {MAX_TIMINGS} timings"
         for _ in range(MAX_TIMINGS):
             if here_ms <= 0 or steps >= MAX_STEPS:
+                ended = f"#{start.trial_id}: {MAX_STEPS} steps"
                 break
             raw_here = max(screen.raw_ms(here), 1e-9)
 
@@ -125,6 +127,7 @@ def refine_walks(ctx: TrialContext, space: SearchSpace, screen: Screen, pool: An
             while estimate(policy) > aim and steps < MAX_STEPS:
                 options = proposals(space, policy, estimate, saving)
                 if not options:
+                    ended = f"#{start.trial_id}: no pruning saves latency after {steps} steps"
                     break
                 scores = pool.score(options)
                 rows = []
@@ -141,15 +144,22 @@ def refine_walks(ctx: TrialContext, space: SearchSpace, screen: Screen, pool: An
                 policy, score = row.policy, row.score or 0.0
                 steps += 1
                 if score < floor:
+                    ended = (f"#{start.trial_id}: score {score:.3f} under the best within "
+                             f"the budget ({floor:.3f}) after {steps} steps")
                     row = None
                     break
             if row is None or estimate(policy) > aim:
+                if steps >= MAX_STEPS and row is not None:
+                    ended = f"#{start.trial_id}: {MAX_STEPS} steps"
                 break  # the budget is out of this walk's reach
             done = measure_candidate(ctx, row, baseline, budget, timings)
             screen.record(policy, done.latency_ms or 0.0)
             on_row(done)
             measured.append(done)
             if done.feasible:
+                ended = f"#{start.trial_id}: #{done.trial_id} within the budget"
                 break
             here, here_ms = policy, done.latency_ms or 0.0
+        if why is not None:
+            why.append(ended)
     return measured

@@ -150,14 +150,15 @@ def _refined(s: ScoringSearch, pool: ScoringPool,
     t = time.perf_counter()
     ends = refine_walks(s.ctx, s.space, s.screen, pool, starts, baseline=s.baseline,
                         budget=s.budget, timings=s.paired, first_id=max(s.rows) + 1,
-                        on_row=s.record, floor=best_secure_score(measured, s.budget.ms))
+                        on_row=s.record, floor=best_secure_score(measured, s.budget.ms),
+                        why=(why := []))
     s.timings["refine_s"] = time.perf_counter() - t
     walked = sum(r.searcher == REFINE for r in s.rows.values())
     s.say(f"refine: {len(starts)} walks from " + ", ".join(f"#{r.trial_id}" for r in starts)
           + f" (at the budget's edge), {walked} proposals scored, {len(ends)} timed: "
           + (", ".join(f"#{r.trial_id} {r.latency_ratio or 0:.2f}x "
                        + ("within" if r.feasible else "over") for r in ends) or "none")
-          + f" ({s.timings['refine_s']:.0f} s)")
+          + f" ({s.timings['refine_s']:.0f} s; " + "; ".join(why) + ")")
     return ends
 
 
