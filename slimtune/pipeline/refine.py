@@ -56,23 +56,24 @@ def walk_starts(rows: Sequence[TrialResult], budget_ms: float, walks: int) -> li
     that outscore every measured row securely within it (pruning further rarely raises a
     score), one per policy."""
     measured = [r for r in rows if r.stage == "measured" and r.score is not None]
-
-    def secure(r: TrialResult) -> bool:
-        return r.feasible and (r.latency_ms or float("inf")) <= budget_ms * AIM
-
     best_secure = best_secure_score(measured, budget_ms)
     starts: dict[str, TrialResult] = {}
     for row in sorted(measured, key=lambda r: -(r.score or 0.0)):
         near = (row.latency_ms or float("inf")) <= budget_ms * REACH
-        if near and not secure(row) and (row.score or 0.0) > best_secure:
+        if near and not _secure(row, budget_ms) and (row.score or 0.0) > best_secure:
             starts.setdefault(row.policy.key(), row)
     return list(starts.values())[:walks]
 
 
+def _secure(row: TrialResult, budget_ms: float) -> bool:
+    """Within the budget by at least what ``AIM`` leaves: another timing will not turn it."""
+    return row.feasible and (row.latency_ms or float("inf")) <= budget_ms * AIM
+
+
 def best_secure_score(rows: Sequence[TrialResult], budget_ms: float) -> float:
     """The best score of the measured rows within ``AIM`` of the budget (-inf if none)."""
-    return max((r.score or 0.0 for r in rows if r.stage == "measured" and r.feasible
-                and r.score is not None and (r.latency_ms or float("inf")) <= budget_ms * AIM),
+    return max((r.score or 0.0 for r in rows if r.stage == "measured" and r.score is not None
+                and _secure(r, budget_ms)),
                default=float("-inf"))
 
 
