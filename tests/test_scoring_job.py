@@ -75,6 +75,7 @@ def test_scoring_job_end_to_end(tmp_path, capsys, sections):
     ({"finalize": {"epochs": -1}}, "finalize.epochs"),
     ({"finalize": {"epochs": 2, "max_epochs": 1}}, "max_epochs (1) must be at least epochs"),
     ({"finalize": {"min_gain": -0.1}}, "finalize.min_gain"),
+    ({"search": {"refine": -1}}, "search.refine"),
 ])
 def test_bad_scoring_settings_are_refused_before_compute(tmp_path, capsys, section, message):
     job = write_job(tmp_path, **section)
