@@ -61,7 +61,7 @@ CHECK_REPEATS = 30
 
 
 def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
-              say: Callable[[str], None] = print_line) -> Prepared:
+              say: Callable[[str], None] = print_line, reachable: bool = True) -> Prepared:
     """Every check before compute. Raises UserInputError with a one-line message.
 
     The space is probed (:mod:`slimtune.probe`): every channel group it offers is pruned
@@ -70,7 +70,9 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
 
     The budget check measures two architectures on the target with untrained weights
     (latency does not depend on the weight values): the baseline, and the smallest
-    model the space allows at each bit-width.
+    model the space allows at each bit-width. ``reachable=False`` measures them but refuses
+    nothing: the job evaluates given policies (``slimtune apply``), each judged by its own
+    timing, not the space's fastest model.
     """
     # the check asks whether the budget is reachable at all, not for a figure a decision
     # rests on: rounds of at most CHECK_REPEATS calls (a third of the default's time)
@@ -92,7 +94,7 @@ def preflight(spec: JobSpec, protocol: MeasureProtocol | None = None, *,
     budget = budget_ms(spec, baseline_ms)
     # refused only when no round of the fastest model fits: a budget within the timing
     # noise of it (a sub-millisecond model) is a search that may still find a model
-    if budget < min(fastest_stats.round_medians_ms, default=fastest_ms):
+    if reachable and budget < min(fastest_stats.round_medians_ms, default=fastest_ms):
         raise BudgetError(
             f"budget {budget:.3f} ms is below the fastest model the search space allows "
             f"({fastest_ms:.3f} ms measured on the target; the baseline measures "

@@ -72,6 +72,18 @@ def test_impossible_budget_names_both_numbers(capsys, tmp_path):
     assert "0.000 ms" in err and "baseline measures" in err
 
 
+def test_given_policies_are_not_refused_by_the_space_fastest_model(tmp_path):
+    """apply's preflight (reachable=False) measures the bounds but refuses nothing: the
+    agent's policy, already timed, is judged by its own measurement."""
+    from slimtune.preflight import preflight
+    from slimtune.spec import load_spec
+
+    spec = load_spec(write_job(tmp_path, budget={"latency_ms": 1e-6}))
+    prep = preflight(spec, reachable=False, say=lambda _line: None)
+    assert prep.baseline_ms > 0 and prep.fastest_ms > 0
+    assert prep.fastest_ms > spec.budget.latency_ms  # what reachable=True refuses
+
+
 def test_bad_overrides(capsys, tmp_path):
     job = write_job(tmp_path)
     code, err = run_cli(capsys, "run", job, "--out", tmp_path / "out", "--trials", "0")
