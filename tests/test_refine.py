@@ -11,7 +11,7 @@ from slimtune.layers import build_layer_table
 from slimtune.measurement.screening import Screen
 from slimtune.models import build_builtin
 from slimtune.pipeline.measure import Budget
-from slimtune.pipeline.refine import proposals, refine_walks, walk_starts
+from slimtune.pipeline.refine import proposals, refine_walks, rescue_start, walk_starts
 from slimtune.pipeline.run import _fallbacks
 from slimtune.result import TrialResult
 from slimtune.spaces import SearchSpace
@@ -79,6 +79,23 @@ def test_the_next_best_is_finalized_when_every_winner_landed_over(space) -> None
     assert [r.trial_id for r in _fallbacks(winners + [within[2]], [row(1, False),
                                            row(3, False)], within)] == [4]
     assert _fallbacks([], [], within) == []
+
+
+def test_a_rescue_walks_from_the_most_accurate_final_model_just_over(space) -> None:
+    def row(i, accuracy, ms, state=None):
+        return TrialResult(trial_id=i, policy=space.uniform(0.25 * (i % 4), 8),
+                           state=state or ("ok" if ms <= 10.0 else "infeasible"),
+                           stage="final", score=0.5, accuracy=accuracy, latency_ms=ms)
+
+    finals = [row(0, 0.80, 9.0), row(1, 0.85, 10.4), row(2, 0.86, 12.0), row(3, 0.84, 10.2)]
+    # #2 is too far over (REACH); #1 is the most accurate of the rest, and beats #0 within
+    assert rescue_start(finals, 10.0).trial_id == 1
+    assert rescue_start(finals, 10.0, walked={finals[1].policy.key()}).trial_id == 3
+    # nothing over the budget is more accurate than the best within it
+    assert rescue_start(finals + [row(4, 0.9, 8.0)], 10.0) is None
+    assert rescue_start([row(5, 0.9, 10.1, state="failed")], 10.0) is None
+    assert rescue_start([row(6, 0.7, 10.1)], 10.0).trial_id == 6  # none within at all
+    assert rescue_start([], 10.0) is None
 
 
 class _Pool:

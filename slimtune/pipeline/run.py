@@ -19,8 +19,14 @@ from slimtune.pipeline.measure import (
     settle_the_edge,
 )
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
-from slimtune.pipeline.refine import REFINE, best_secure_score, refine_walks, walk_starts
-from slimtune.pipeline.score import ScoringPool, score_candidates
+from slimtune.pipeline.refine import (
+    REFINE,
+    best_secure_score,
+    refine_walks,
+    rescue_start,
+    walk_starts,
+)
+from slimtune.pipeline.score import LocalPool, ScoringPool, score_candidates
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.search.base import Searcher
@@ -34,6 +40,8 @@ UNIFORM_TRIES = 3
 REFERENCE = "reference"
 #: the ``reference`` label of a latency anchor's row (timed, never fine-tuned)
 ANCHOR = "anchor"
+#: walks from a final model that landed just over the budget (each one more fine-tune)
+RESCUES = 2
 
 
 @dataclass
@@ -121,6 +129,7 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
                         timings=s.paired)
     for ref, win in shared.items():
         s.record(shared_final(s.ctx, s.rows[win], s.rows[ref]))
+    _rescue(s)
     s.timings["finalize_s"] = time.perf_counter() - t3
     return [s.rows[i] for i in sorted(s.rows)]
 
@@ -138,6 +147,37 @@ def _fallbacks(winners: list[TrialResult], done: list[TrialResult],
     spare = [r for r in within if r.trial_id not in ids and r.policy.key() not in tried
              and not tried.add(r.policy.key())]
     return spare[:len(winners)]
+
+
+def _rescue(s: ScoringSearch) -> None:
+    """While the most accurate final model lands just over the budget on its own timing
+    (``refine.rescue_start``), walk from that timing a notch into the budget, time the
+    end paired and fine-tune it by the same recipe, up to ``RESCUES`` times: the model
+    handed out is then the nearest one inside the budget, not the next winner."""
+    if not s.ctx.spec.search.refine:
+        return
+    walked: set[str] = set()
+    for _ in range(RESCUES):
+        start = rescue_start(list(s.rows.values()), s.budget.ms, walked=walked)
+        if start is None:
+            return
+        walked.add(start.policy.key())
+        within = [r for r in s.rows.values() if r.stage == "final" and r.feasible]
+        floor = max((r.score or 0.0 for r in within), default=float("-inf"))
+        ends = refine_walks(s.ctx, s.space, s.screen, LocalPool(s.evaluator), [start],
+                            baseline=s.baseline, budget=s.budget, timings=s.paired,
+                            first_id=max(s.rows) + 1, on_row=s.record, floor=floor,
+                            why=(why := []))
+        end = next((r for r in ends if r.feasible), None)
+        s.say(f"rescue: #{start.trial_id}'s final model timed {start.latency_ratio or 0:.2f}x, "
+              f"over the budget; " + (f"walked to #{end.trial_id} at "
+                                      f"{end.latency_ratio or 0:.2f}x, fine-tuned"
+                                      if end is not None else "no model within it: "
+                                      + "; ".join(why)))
+        if end is None:
+            return
+        finalize_in_ray(s.ctx, s.evaluator, [end], s.baseline, s.budget, s.record,
+                        timings=s.paired)
 
 
 def _refined(s: ScoringSearch, pool: ScoringPool,
