@@ -16,11 +16,12 @@ import numpy as np
 from slimtune.baseline import Baseline, prepare_baseline
 from slimtune.chance import check_above_chance, vanishing_norms
 from slimtune.evaluate.trial_eval import job_reference
+from slimtune.measurement.budget import Budget
 from slimtune.measurement.latency import MeasureProtocol, machine_lock
 from slimtune.objective import Objective, evaluate_split
 from slimtune.policy import Policy
 from slimtune.preflight import Prepared, budget_ms, print_line
-from slimtune.trial import TrialContext, deploy, measure
+from slimtune.trial import PairedWith, TrialContext, deploy, measure
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,12 @@ def baseline_stage(prep: Prepared, out_dir: Path, protocol: MeasureProtocol,
         measure_baseline(ctx, baseline, out_dir / "baseline")
     budget = budget_ms(spec, figures.latency_ms)
     figures = replace(figures, budget_ms=budget, fastest_ms=prep.fastest_ms)
-    ctx = replace(ctx, budget_ms=budget)
+    # the baseline as deployed, the pair of every timing a trial makes (a fine-tuning
+    # trial's gate and final timing; the scoring pipeline pairs its own the same way)
+    pair = out_dir / "baseline" / "model.onnx" if spec.target.backend.takes_onnx \
+        else baseline.model
+    ctx = replace(ctx, budget_ms=budget, paired=PairedWith(pair, Budget(
+        ms=budget, fraction=spec.budget.latency_fraction, baseline_ms=figures.latency_ms)))
     if spec.metric_groups:
         with machine_lock("shared"):
             reference = job_reference(ctx, baseline.model, out_dir / "baseline")

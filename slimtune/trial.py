@@ -35,7 +35,9 @@ from slimtune.evaluate.trial_eval import evaluate_trial
 from slimtune.export import export_onnx, quantize_onnx
 from slimtune.finetune import finetune
 from slimtune.layers import LayerTable
+from slimtune.measurement.budget import Budget, judged
 from slimtune.measurement.latency import LatencyStats, MeasureProtocol, machine_lock
+from slimtune.measurement.paired import measure_paired
 from slimtune.methods.apply import compressed_structure, policy_size_bytes, weights_as_deployed
 from slimtune.methods.quantization import int8_layers
 from slimtune.objective import Objective, evaluate_split
@@ -44,6 +46,15 @@ from slimtune.result import TrialResult
 from slimtune.spec import JobSpec
 
 LAYERS_FILE = "layers.json"
+
+
+@dataclass(frozen=True)
+class PairedWith:
+    """What a trial's timings are paired with: the deployed baseline (its .onnx, or its
+    module for the torch runtime) and the budget the pair's figures are judged on."""
+
+    baseline: Any
+    budget: Budget
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,10 @@ class TrialContext:
     # the baseline's side of the behaviour metrics (slimtune.evaluate), made once per job;
     # None: a trial computes it from the fp32 torch baseline
     reference: BehaviourReference | None = None
+    # where set, every timing is paired with the baseline and judged on the pair (a
+    # fractional budget on the ratio); None: on the candidate's own median against
+    # ``budget_ms``
+    paired: PairedWith | None = None
 
     def baseline_model(self) -> nn.Module:
         model = build_model(self.spec.model, num_classes=self.data.num_classes,
@@ -124,13 +139,13 @@ def _run(ctx: TrialContext, trial_id: int, policy: Policy, searcher: str,
     with tempfile.TemporaryDirectory(prefix="slimtune-gate-") as tmp:
         with machine_lock("shared"):
             gate = deploy(ctx, model, policy, Path(tmp) / "gate.onnx")
-        gate_latency = measure(ctx, gate)
-    if gate_latency.median_ms > ctx.budget_ms:
+        gate_latency, gate_ratio, within = _timed(ctx, gate)
+    if not within:
         size = deployed_size_bytes(ctx, model, policy)
         return TrialResult(**base, state="infeasible", stage="measured",
                            latency_ms=gate_latency.median_ms,
-                           latency=gate_latency.to_dict(), size_bytes=size,
-                           seconds=time.perf_counter() - start)
+                           latency=gate_latency.to_dict(), latency_ratio=gate_ratio,
+                           size_bytes=size, seconds=time.perf_counter() - start)
 
     out = ctx.trials_dir / str(trial_id)
     with machine_lock("shared"):
@@ -148,6 +163,12 @@ Timing = Callable[["Deployed"], tuple[LatencyStats, float | None, bool]]
 
 
 def _timed(ctx: TrialContext, deployed: Deployed) -> tuple[LatencyStats, float | None, bool]:
+    """``deployed`` timed paired with the baseline where ``ctx.paired`` says so, else on
+    its own against ``budget_ms``."""
+    if ctx.paired is not None:
+        paired = measure_paired(deployed.onnx_path or deployed.model, ctx.paired.baseline,
+                                ctx.spec.target, ctx.data.input_shape)
+        return judged(paired, ctx.paired.budget)
     latency = measure(ctx, deployed)
     return latency, None, latency.median_ms <= ctx.budget_ms
 

@@ -58,3 +58,29 @@ def test_torch_target_measures_the_torch_module(ctx):
     assert result.state == "ok", result.error
     assert result.latency["runtime"] == "torch"
     assert (ctx.trials_dir / "10" / "model.onnx").is_file()  # fp32 export for deployment
+
+
+def test_a_paired_trial_is_judged_on_its_ratio_to_the_baseline(ctx, tmp_path):
+    """With ``ctx.paired`` (what a job sets), the gate and the final timing are paired
+    with the deployed baseline: a fractional budget is checked on the ratio, and
+    ``latency_ms`` is the ratio on the baseline's reference scale."""
+    from slimtune.measurement.budget import Budget
+    from slimtune.trial import PairedWith, deploy
+
+    pair = deploy(ctx, ctx.baseline_model(), Policy(), tmp_path / "baseline.onnx").onnx_path
+
+    def paired(fraction: float) -> TrialContext:
+        return replace(ctx, budget_ms=fraction * 2.0, paired=PairedWith(
+            pair, Budget(ms=fraction * 2.0, fraction=fraction, baseline_ms=2.0)))
+
+    # the unpruned model against itself: a ratio about 1, over a 0.01 budget whatever
+    # its own ms figure, and the gate says so before any fine-tune
+    over = run_trial(paired(0.01), 11, Policy(), "test")
+    assert over.state == "infeasible" and over.accuracy is None
+    assert 0.5 < over.latency_ratio < 2.0
+    assert over.latency_ms == pytest.approx(over.latency_ratio * 2.0)
+    assert not (ctx.trials_dir / "11").exists()
+    ok = run_trial(paired(100.0), 12, Policy(), "test")
+    assert ok.state == "ok" and ok.stage == "final", ok.error
+    assert 0.5 < ok.latency_ratio < 2.0
+    assert ok.latency_ms == pytest.approx(ok.latency_ratio * 2.0)

@@ -15,10 +15,11 @@ from torch import nn
 
 from slimtune.evaluators.base import Evaluator
 from slimtune.finetune import finetune
+from slimtune.measurement.budget import Budget
 from slimtune.measurement.latency import machine_lock
 from slimtune.measurement.paired import PairedLatency, PairedTimings
 from slimtune.objective import Objective, evaluate_split
-from slimtune.pipeline.measure import Budget, paired_timing
+from slimtune.pipeline.measure import paired_timing
 from slimtune.policy import Policy
 from slimtune.ray_local import adopt_env, driver_env
 from slimtune.result import TrialResult

@@ -19,10 +19,11 @@ from torch import nn
 
 from slimtune.evaluators import Evaluator
 from slimtune.evaluators.factory import build_evaluator as make_evaluator
+from slimtune.measurement.budget import Budget
 from slimtune.measurement.latency import machine_lock
 from slimtune.measurement.screening import Screen
 from slimtune.pipeline.finalize import finalize_steps
-from slimtune.pipeline.measure import MAX_TIMINGS, Budget
+from slimtune.pipeline.measure import MAX_TIMINGS
 from slimtune.pipeline.run import ScoringSearch, run_scoring_search
 from slimtune.policy import write_text_atomic
 from slimtune.progress import ScoringProgress

@@ -4,50 +4,24 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from slimtune.compress import count_macs_params, packed_size_bytes
+from slimtune.measurement.budget import EDGE, Budget, judged
 from slimtune.measurement.latency import machine_lock
-from slimtune.measurement.paired import PairedLatency, PairedTimings, measure_paired, pooled, scaled
+from slimtune.measurement.paired import PairedLatency, PairedTimings, measure_paired, pooled
 from slimtune.measurement.screening import Screen
 from slimtune.methods.apply import compressed_structure
 from slimtune.result import TrialResult
 from slimtune.trial import TrialContext, deploy
 
-#: a pooled timing within this fraction of the budget is within this machine's drift
-#: between timings (see ``slimtune.measurement.paired``): the budget decision is not yet made
-EDGE = 0.1
+__all__ = ["EDGE", "MAX_TIMINGS", "Budget", "judged", "measure_candidate",
+           "measure_candidates", "measurement_order", "paired_timing", "settle_the_edge"]
+
 #: paired timings of one architecture at most, before a decision at the edge stands
 MAX_TIMINGS = 3
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The job's budget: a fraction of the baseline (checked on the paired ratio) or ms
-    (checked on the candidate's own median). ``ms`` is the fraction's ms equivalent."""
-
-    ms: float
-    fraction: float | None
-    baseline_ms: float  # the baseline's reference median, measured once per job
-
-    def met(self, paired: PairedLatency) -> bool:
-        if self.fraction is not None:
-            return paired.ratio <= self.fraction
-        return paired.candidate.median_ms <= self.ms
-
-    def near(self, paired: PairedLatency) -> bool:
-        """Within ``EDGE`` of the budget: another timing may turn the decision."""
-        figure, limit = ((paired.ratio, self.fraction) if self.fraction is not None
-                         else (paired.candidate.median_ms, self.ms))
-        return abs(figure / limit - 1.0) <= EDGE
-
-    def latency_ms(self, paired: PairedLatency) -> float:
-        """The figure reported as ``latency_ms``: the ratio on the reference scale for a
-        fractional budget, the candidate's own median for an ms budget."""
-        return paired.ms(self.baseline_ms) if self.fraction is not None \
-            else paired.candidate.median_ms
 
 
 def paired_timing(ctx: TrialContext, baseline: Any, budget: Budget,
@@ -70,12 +44,6 @@ def paired_timing(ctx: TrialContext, baseline: Any, budget: Budget,
         return judged(pooled(runs), budget)
 
     return timing
-
-
-def judged(paired: PairedLatency, budget: Budget) -> tuple[Any, float, bool]:
-    """(the candidate's stats on the budget's scale, the ratio, within the budget)."""
-    factor = budget.latency_ms(paired) / max(paired.candidate.median_ms, 1e-12)
-    return scaled(paired.candidate, factor), paired.ratio, budget.met(paired)
 
 
 def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,

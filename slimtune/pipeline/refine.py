@@ -26,9 +26,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
+from slimtune.measurement.budget import Budget
 from slimtune.measurement.paired import PairedTimings
 from slimtune.measurement.screening import Screen
-from slimtune.pipeline.measure import Budget, measure_candidate
+from slimtune.pipeline.measure import measure_candidate
 from slimtune.policy import Policy
 from slimtune.result import TrialResult
 from slimtune.spaces import SearchSpace

@@ -9,15 +9,11 @@ from typing import Any
 
 from slimtune.errors import UserInputError
 from slimtune.evaluators.base import Evaluator
+from slimtune.measurement.budget import Budget
 from slimtune.measurement.paired import PairedTimings
 from slimtune.measurement.screening import Screen, latency_class
 from slimtune.pipeline.finalize import finalize_in_ray, shared_final, shared_models
-from slimtune.pipeline.measure import (
-    Budget,
-    measure_candidate,
-    measure_candidates,
-    settle_the_edge,
-)
+from slimtune.pipeline.measure import measure_candidate, measure_candidates, settle_the_edge
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
 from slimtune.pipeline.refine import (
     REFINE,
