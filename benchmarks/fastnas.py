@@ -10,11 +10,13 @@ The FLOPs bound that matches slimtune's budget is found by bisection over FLOPs 
 (the first probe at the budget's latency fraction): each result is deployed fp32 and int8
 (slimtune's export and static QDQ path, int8 on the layers the job's int8 reference runs
 int8) and timed paired with the baseline (``slimtune.measurement.paired``), and it meets the budget
-when the faster of the two does. The largest fraction that met is kept, BN recalibrated,
-fine-tuned by the recipe slimtune's finalized models get (``final_recipe``: the same
-steps, distillation from the baseline, ``slimtune.finetune``), deployed the faster way,
-timed paired and evaluated on the full val and test splits (``evaluate_deployed``, as
-the final stage does).
+when the faster of the two does; as the job's candidates, each architecture is judged on
+its timings pooled (a bisection that lands on it again times it again). The largest
+fraction that met is kept, BN recalibrated, fine-tuned by the recipe slimtune's finalized
+models get (``final_recipe``: the same steps, distillation from the baseline,
+``slimtune.finetune``), deployed the faster way, timed paired and evaluated on the full
+val and test splits (``evaluate_deployed``, as the final stage does), its final timing
+pooled with its probes' as a job's final rows are with their candidates'.
 
 Not a slimtune dependency: needs ``nvidia-modelopt`` and ``torchprofile`` (install lines
 in benchmarks/README.md).
@@ -67,8 +69,9 @@ def fastnas_row(spec, outcome, *, probes: int = 5, say=print) -> dict[str, Any]:
     from slimtune.finetune import finetune
     from slimtune.layers import count_macs_params
     from slimtune.measurement.latency import machine_lock
+    from slimtune.measurement.paired import PairedTimings, measure_paired
     from slimtune.pipeline.finalize import final_recipe
-    from slimtune.pipeline.measure import Budget, paired_timing
+    from slimtune.pipeline.measure import Budget, judged, paired_timing
     from slimtune.policy import Policy
     from slimtune.trial import TrialContext, evaluate_deployed
     from slimtune.validate import check_inputs
@@ -100,8 +103,12 @@ def fastnas_row(spec, outcome, *, probes: int = 5, say=print) -> dict[str, Any]:
         deployments["int8"] = int8[0]
 
     search = _FastNAS(baseline.model, data, spec, out / "search.pth")
-    timing = paired_timing(ctx, reference, budget)
-    timed: dict[tuple, dict[str, tuple[float, bool]]] = {}  # architecture -> (ratio, met)
+    # as the job times its candidates: one paired timing a decision, pooled by what is
+    # timed (here architecture and deployment); the final timing pools with them
+    timings = PairedTimings()
+
+    def key(arch: tuple, name: str) -> str:
+        return f"{name}:{arch}"
 
     def probe(f: float) -> tuple[dict[str, Any], Any]:
         """FastNAS at FLOPs <= ``f``, each deployment timed paired: (its entry, model)."""
@@ -115,17 +122,19 @@ def fastnas_row(spec, outcome, *, probes: int = 5, say=print) -> dict[str, Any]:
                         "the smallest sub-network FastNAS can choose"}, None
             macs, params = count_macs_params(model, data.input_shape)
         arch = tuple(tuple(t.shape) for t in model.state_dict().values())
-        for name, policy in deployments.items():
-            if name not in timed.setdefault(arch, {}):  # FastNAS chose it before: timed
-                with machine_lock("shared"):
-                    deployed = _deploy(ctx, model, policy, out / "probe" / f"{name}.onnx")
-                _, ratio, within = timing(deployed)
-                timed[arch][name] = (ratio, within)
-        ratios = {k: v[0] for k, v in timed[arch].items()}
+        verdicts: dict[str, tuple[float, bool]] = {}  # deployment -> (pooled ratio, met)
+        for name, policy in deployments.items():  # chosen before: timed again, pooled
+            with machine_lock("shared"):
+                deployed = _deploy(ctx, model, policy, out / "probe" / f"{name}.onnx")
+            paired = measure_paired(deployed.onnx_path or deployed.model, reference,
+                                    spec.target, data.input_shape)
+            _, ratio, within = judged(timings.add(key(arch, name), paired), budget)
+            verdicts[name] = (ratio, within)
+        ratios = {k: v[0] for k, v in verdicts.items()}
         best = min(ratios, key=ratios.get)
         return {"flops_fraction": f, "macs_fraction": macs / base_macs,
                 "params_fraction": params / base_params, "ratios": ratios, "deploy": best,
-                "met": timed[arch][best][1], "fastnas_seconds": seconds}, model
+                "met": verdicts[best][1], "fastnas_seconds": seconds}, model
 
     ladder: list[dict[str, Any]] = []
     chosen: tuple[float, Any, str] | None = None  # (fraction, model, deployment)
@@ -165,7 +174,10 @@ def fastnas_row(spec, outcome, *, probes: int = 5, say=print) -> dict[str, Any]:
                        batch_size=spec.scoring.batch_size)  # as bn_recal's start has it
         finetune(model, teacher, table, policy, final, data.train,
                  seed=spec.search.seed + trial_id)
-    fields = evaluate_deployed(ctx, model, policy, out / "final", timing=timing)
+    arch = tuple(tuple(t.shape) for t in model.state_dict().values())
+    earlier = timings.of(key(arch, deploy_as))  # the probes' timings of this very model
+    fields = evaluate_deployed(ctx, model, policy, out / "final",
+                               timing=paired_timing(ctx, reference, budget, earlier))
     with machine_lock("shared"):
         macs, params = count_macs_params(model, data.input_shape)
     (out / "final" / "subnet.txt").write_text(_shapes(model))

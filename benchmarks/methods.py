@@ -30,9 +30,10 @@ import os
 import statistics
 from pathlib import Path
 
+from finished import finished_job, remeasure
+
 from slimtune.errors import BudgetError
 from slimtune.job import JobOutcome, run_job
-from slimtune.measurement.latency import RUNTIMES, MeasureProtocol, measure_latency
 from slimtune.policy import ALLOWED_BITS, Policy
 from slimtune.results.pareto import pareto_front
 from slimtune.spec import JobSpec, load_spec, parse_spec
@@ -90,33 +91,6 @@ def _deep_compression(base: dict, out: Path, settings: list[tuple[float, int]]) 
     return run_policies(base, out, "deep_compression", policies)
 
 
-def _finished(job_dir: Path):
-    """A job finished earlier in ``job_dir``, read back: what ``main`` uses of an outcome."""
-    from types import SimpleNamespace
-
-    from slimtune.resume import read_finished
-
-    pareto = json.loads((job_dir / "pareto.json").read_text())
-    return SimpleNamespace(out_dir=job_dir.resolve(), results=read_finished(job_dir),
-                           baseline=pareto["baseline"], budget_ms=pareto["budget_ms"],
-                           wall_seconds=None)
-
-
-def _remeasure(paths: dict[str, Path], rounds: int, threads: int, batch: int) -> dict:
-    """Median latency of each ONNX file over ``rounds`` interleaved rounds."""
-    rt = RUNTIMES["onnxruntime"]()
-    one = MeasureProtocol(warmup=5, rounds=1, repeats=30)
-    runners = {k: rt.prepare(p, (1, 28, 28), batch, threads) for k, p in paths.items()}
-    medians: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, run_once in runners.items():
-            with rt.context(threads):
-                stats = measure_latency(run_once, runtime="onnxruntime", threads=threads,
-                                        batch_size=batch, protocol=one)
-            medians[k].append(stats.median_ms)
-    return {k: statistics.median(v) for k, v in medians.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16, help="trials of (a) and (b) each")
@@ -154,7 +128,7 @@ def main() -> None:
     for name in ("channel_int8", "lowrank", "deep_compression", "combined"):
         try:
             if name in args.reuse:
-                outcomes[name] = _finished(args.out / name)
+                outcomes[name] = finished_job(args.out / name)
             elif name == "deep_compression":
                 outcomes[name] = _deep_compression(base, args.out, DC_SETTINGS)
             else:
@@ -172,7 +146,8 @@ def main() -> None:
             paths[f"{name}/{r.trial_id}"] = outcomes[name].out_dir / "trials" / \
                 str(r.trial_id) / "model.onnx"
     quick_target = quick.target
-    latency = _remeasure(paths, args.rounds, quick_target.threads, quick_target.batch_size)
+    latency = {k: statistics.median(v) for k, v in remeasure(
+        paths, args.rounds, quick_target.threads, quick_target.batch_size).items()}
     base_ms = latency["baseline"]
     base_acc = any_outcome.baseline["accuracy"]
     rows = {name: [{"trial": r.trial_id, "val_accuracy": r.accuracy,

@@ -8,7 +8,10 @@ ratio meeting the budget (fp32 or int8, whichever is faster), besides (e) the se
 own best. ``--evaluators finetune`` adds (d), today's per-trial fine-tune search.
 ``--fastnas`` adds NVIDIA ModelOpt FastNAS on the job's own baseline at the FLOPs whose
 model meets the same budget, finalized and timed alike (``benchmarks/fastnas.py``; needs
-nvidia-modelopt, not a slimtune dependency).
+nvidia-modelopt, not a slimtune dependency). Each row ends with ``side_by_side``: the
+baseline and every model the row hands out re-timed in one run, round by round.
+``fastnas --jobs DIR...``: the FastNAS column (and ``side_by_side``) again for compare
+jobs that finished earlier, their own rows read back.
 
 ``fidelity``: Spearman rank correlation between each evaluator's score and the
 validation accuracy after the final fine-tune recipe, over random policies the latency
@@ -16,6 +19,7 @@ screen predicts feasible.
 
     python benchmarks/search_quality.py compare --fractions 0.5 0.3 --seeds 0
     python benchmarks/search_quality.py compare --fractions 0.5 --fastnas
+    python benchmarks/search_quality.py fastnas --jobs runs/bench/search/JOB --out DIR
     python benchmarks/search_quality.py fidelity --policies 20 \
         --evaluators supernet bn_recal finetune
 """
@@ -31,10 +35,11 @@ import time
 from pathlib import Path
 
 from fastnas import fastnas_row, missing
+from finished import finished_job, onnx_input_shape, side_by_side
 from scipy.stats import spearmanr
 
 from slimtune.job import run_job
-from slimtune.spec import load_spec, parse_spec
+from slimtune.spec import JobSpec, load_spec, parse_spec
 
 
 def _job(args, *, name: str, fraction: float, searcher: str, evaluator: str,
@@ -88,19 +93,60 @@ def compare(args) -> None:
                     if args.fastnas:
                         row["fastnas"] = fastnas_row(spec, outcome, probes=args.fastnas_probes,
                                                      say=_say)
+                    _finish_row(row, spec, outcome, args)
                     rows.append(row)
-                    print(json.dumps(row), flush=True)
                     (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
+    _print_table(rows, args)
+
+
+def fastnas_again(args) -> None:
+    """The FastNAS column (and the side-by-side timing) again, for compare jobs finished
+    earlier (``--jobs``): the job's rows read back, nothing of the job run again."""
+    rows = []
+    for job_dir in args.jobs:
+        spec = load_spec(job_dir / "job.yaml")
+        outcome = finished_job(job_dir)
+        row = _summarise(outcome, name=spec.name, fraction=spec.budget.latency_fraction,
+                         seed=spec.search.seed, searcher=spec.search.searcher,
+                         evaluator=spec.search.evaluator, wall=None)
+        row["fastnas"] = fastnas_row(spec, outcome, probes=args.fastnas_probes, say=_say)
+        _finish_row(row, spec, outcome, args)
+        rows.append(row)
+        (args.out / "compare.json").write_text(json.dumps(rows, indent=2))
+    _print_table(rows, args)
+
+
+def _finish_row(row: dict, spec: JobSpec, outcome, args) -> None:
+    """``side_by_side``: every model the row hands out (the search's, the references',
+    FastNAS's) and the baseline re-timed in one interleaved run (``--side-by-side-rounds``
+    rounds; ONNX targets only); then the row is printed."""
+    if args.side_by_side_rounds and spec.target.backend.takes_onnx:
+        job = Path(outcome.out_dir)
+        paths = {"baseline": job / "baseline" / "model.onnx"}
+        for name in ("search", "int8", "uniform"):
+            if row.get(name):
+                paths[name] = job / "trials" / str(row[name]["trial"]) / "model.onnx"
+        if (row.get("fastnas") or {}).get("trial") is not None:
+            paths["fastnas"] = job / "fastnas" / "final" / "model.onnx"
+        row["side_by_side"] = side_by_side(paths, args.side_by_side_rounds,
+                                           spec.target.threads, spec.target.batch_size,
+                                           onnx_input_shape(paths["baseline"]))
+    print(json.dumps(row), flush=True)
+
+
+def _print_table(rows: list[dict], args) -> None:
     extra = f"{'fastnas val/test':>19}" if args.fastnas else ""
     print(f"\n{'job':<44}{'search val/test':>17}{'int8 val/test':>16}"
           f"{'uniform val/test':>19}{extra}{'wall s':>8}")
+
     def pair(v: dict | None) -> str:
         return f"{v['val']:.4f}/{v['test']:.4f}" if v and v.get("val") is not None else "-"
 
     for r in rows:
-        extra = f"{pair(r['fastnas']):>19}" if args.fastnas else ""
+        extra = f"{pair(r.get('fastnas')):>19}" if args.fastnas else ""
+        wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
         print(f"{r['job']:<44}{pair(r['search']):>17}{pair(r['int8']):>16}"
-              f"{pair(r['uniform']):>19}{extra}{r['wall_seconds']:>8.0f}")
+              f"{pair(r['uniform']):>19}{extra}{wall:>8}")
 
 
 def _say(message: str) -> None:
@@ -203,7 +249,8 @@ def fidelity(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["compare", "fidelity"])
+    ap.add_argument("mode", choices=["compare", "fidelity", "fastnas"],
+                    help="fastnas: the FastNAS column again for finished compare --jobs")
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--bits", type=int, nargs="+", default=None,
                     help="space.bits (default: the quickstart's, 32 and 8)")
@@ -241,13 +288,25 @@ def main() -> None:
                          "budget (needs nvidia-modelopt: see benchmarks/README.md)")
     ap.add_argument("--fastnas-probes", type=int, default=5,
                     help="FLOPs fractions FastNAS is run at (bisection), each timed paired")
+    ap.add_argument("--side-by-side-rounds", type=int, default=9,
+                    help="compare/fastnas: rounds of the interleaved re-timing of every "
+                         "model a row hands out (0: none)")
+    ap.add_argument("--jobs", type=Path, nargs="+", default=[],
+                    help="fastnas: finished compare job directories (each with job.yaml)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     args = ap.parse_args()
+    if args.mode == "fastnas":
+        args.fastnas = True
+        if not args.jobs:
+            ap.error("fastnas needs --jobs: finished compare job directories")
+        if bad := [str(j) for j in args.jobs if not (j / "job.yaml").is_file()
+                   or not (j / "pareto.json").is_file()]:
+            ap.error(f"not a finished job (no job.yaml or pareto.json): {', '.join(bad)}")
     if args.fastnas and (why := missing()):
         print(f"search_quality.py: {why}", file=sys.stderr)
         sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
-    (compare if args.mode == "compare" else fidelity)(args)
+    {"compare": compare, "fidelity": fidelity, "fastnas": fastnas_again}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_compare_rows_have_a_fastnas_entry_only_with_the_flag(no_modelopt, tmp_p
 
     monkeypatch.setattr(no_modelopt, "fastnas_row", fastnas_row)
     out = tmp_path / "bench"
-    argv = ["search_quality.py", "compare", "--fractions", "0.4", "--out", str(out)]
+    argv = ["search_quality.py", "compare", "--fractions", "0.4", "--out", str(out),
+            "--side-by-side-rounds", "0"]  # the stubbed job wrote no models to time
     monkeypatch.setattr(sys, "argv", argv + (["--fastnas", "--fastnas-probes", "3"]
                                              if flag else []))
     if flag:  # the flag's check passes: modelopt "installed"
@@ -73,3 +74,40 @@ def test_compare_rows_have_a_fastnas_entry_only_with_the_flag(no_modelopt, tmp_p
     assert ("fastnas" in rows[0]) is flag
     table = capsys.readouterr().out
     assert ("fastnas val/test" in table) is flag and ("0.5000/0.2500" in table) is flag
+
+
+@pytest.mark.parametrize("jobs, says", [([], "fastnas needs --jobs"),
+                                        (["nowhere"], "not a finished job")])
+def test_fastnas_mode_refuses_what_is_not_a_finished_job(no_modelopt, tmp_path, monkeypatch,
+                                                          capsys, jobs, says):
+    out = tmp_path / "bench"
+    argv = ["search_quality.py", "fastnas", "--out", str(out)]
+    if jobs:
+        argv += ["--jobs", *(str(tmp_path / j) for j in jobs)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        no_modelopt.main()
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_side_by_side_times_every_file_each_round_and_pairs_the_ratios(tmp_path,
+                                                                       monkeypatch):
+    from torch import nn
+
+    from slimtune.export import export_onnx
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    finished = importlib.import_module("finished")
+    small = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    large = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    paths = {}
+    for name, model in (("baseline", large), ("small", small)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        export_onnx(model.eval(), (1, 8, 8), paths[name])
+    assert finished.onnx_input_shape(paths["small"]) == (1, 8, 8)
+    got = finished.side_by_side(paths, 3, 1, 16, (1, 8, 8))
+    assert got["rounds"] == 3 and set(got["median_ms"]) == set(got["ratio"]) == set(paths)
+    assert got["ratio"]["baseline"] == 1.0
+    assert all(v > 0 for v in got["median_ms"].values())
