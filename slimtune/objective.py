@@ -81,6 +81,11 @@ class Objective:
         return self.task == "classification"
 
     @property
+    def top1(self) -> bool:
+        """The score is top-1 accuracy: a proportion of the examples scored."""
+        return self.logits and self.metric is None
+
+    @property
     def default(self) -> bool:
         """Cross-entropy and top-1: the paths that held every split's logits before."""
         return self.logits and self.metric is None and self.loss is None

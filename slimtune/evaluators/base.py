@@ -26,6 +26,12 @@ class Evaluator(ABC):
 
     name: str = "base"
 
+    @property
+    def scored_examples(self) -> int | None:
+        """How many examples a score's top-1 is counted on (its noise is binomial), or
+        None when the score is not a top-1 proportion (a custom metric) or unknown."""
+        return None
+
     @abstractmethod
     def score(self, policy: Policy) -> float:
         """The policy's score (validation-subset top-1 accuracy, in [0, 1])."""

@@ -57,6 +57,10 @@ class BNRecalEvaluator(Evaluator):
                        batch_size=self.settings.batch_size)
         return model.eval()
 
+    @property
+    def scored_examples(self) -> int | None:
+        return min(self.settings.val_size, len(self.val)) if self.objective.top1 else None
+
     def score(self, policy: Policy) -> float:
         key = policy.key()
         if key not in self._memo:

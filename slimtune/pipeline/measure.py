@@ -14,6 +14,7 @@ from slimtune.measurement.latency import machine_lock
 from slimtune.measurement.paired import PairedLatency, PairedTimings, measure_paired, pooled
 from slimtune.measurement.screening import Screen
 from slimtune.methods.apply import compressed_structure
+from slimtune.pipeline.rank import ranked
 from slimtune.result import TrialResult
 from slimtune.trial import TrialContext, deploy
 
@@ -69,25 +70,29 @@ def measure_candidate(ctx: TrialContext, row: TrialResult, baseline: Any,
                    size_bytes=packed_size_bytes(model, ctx.table, policy))
 
 
-def measurement_order(rows: Sequence[TrialResult]) -> list[TrialResult]:
-    """Scored, predicted-feasible rows, best score first, each policy once: the
-    candidates the final stage would take are timed first (a candidate that a looser
-    screen admitted is re-screened with the margin learnt by then)."""
+def measurement_order(rows: Sequence[TrialResult],
+                      examples: int | None = None) -> list[TrialResult]:
+    """Scored, predicted-feasible rows, best first by :func:`rank.ranked` (those level
+    with the best score within its noise on ``examples`` examples, largest predicted
+    latency first), each policy once: the candidates the final stage would take are
+    timed first (a candidate that a looser screen admitted is re-screened with the
+    margin learnt by then)."""
     seen: set[str] = set()
-    ranked = sorted((r for r in rows if r.state == "ok" and r.score is not None),
-                    key=lambda r: (-(r.score or 0.0), r.predicted_latency_ms or 0.0))
-    return [r for r in ranked if not (r.policy.key() in seen or seen.add(r.policy.key()))]
+    order = ranked([r for r in rows if r.state == "ok"], examples,
+                   lambda r: r.predicted_latency_ms or 0.0)
+    return [r for r in order if not (r.policy.key() in seen or seen.add(r.policy.key()))]
 
 
 def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: Screen, *,
                        count: int, baseline: Any, budget: Budget,
                        on_row: Callable[[TrialResult], None],
-                       timings: PairedTimings | None = None) -> list[TrialResult]:
-    """Time up to ``count`` candidates in :func:`measurement_order`, re-screening each
-    with the margin the measurements so far have taught: those predicted within budget
-    first, then (if fewer than ``count``) those :meth:`Screen.possible` (within budget at
-    the smallest error the measurements of their latency class have shown); each
-    measurement is recorded by the screen. Returns the ``measured`` rows.
+                       timings: PairedTimings | None = None,
+                       examples: int | None = None) -> list[TrialResult]:
+    """Time up to ``count`` candidates in :func:`measurement_order` (scores counted on
+    ``examples`` examples), re-screening each with the margin the measurements so far
+    have taught: those predicted within budget first, then (if fewer than ``count``)
+    those :meth:`Screen.possible` (within budget at the smallest error the measurements
+    of their latency class have shown); each measurement is recorded by the screen. Returns the ``measured`` rows.
 
     The near-boundary pass is not cut short once a few met the budget: the best models
     lie at the boundary, and a margin learnt from a few anchors is a cautious one (at 30%
@@ -95,7 +100,7 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
     Nor does it time what cannot meet the budget: with a fixed 1.3x slack, 7 of 8 timed
     at 50% had been predicted 6-27% over it, and all 7 missed it."""
     measured: list[TrialResult] = []
-    order = measurement_order(rows)
+    order = measurement_order(rows, examples)
     timed: set[int] = set()
     # predicted within budget first, then those within it at the best case measured
     for admits in (screen.admits, screen.possible):
@@ -115,14 +120,16 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
 def settle_the_edge(ctx: TrialContext, rows: Sequence[TrialResult], *, take: int,
                     baseline: Any, budget: Budget, timings: PairedTimings,
                     on_row: Callable[[TrialResult], None],
-                    screen: Screen | None = None) -> list[TrialResult]:
+                    screen: Screen | None = None,
+                    examples: int | None = None) -> list[TrialResult]:
     """Time again the measured rows the final stage would take or turn down by drift:
-    best score first until ``take`` are within the budget, each whose pooled timing is
-    within ``EDGE`` of the budget is timed again (``MAX_TIMINGS`` in all) and judged on
-    all its rounds. Returns ``rows`` with those rows advanced, in the same order."""
+    in the final stage's order (:func:`rank.ranked` on the measured latency, scores
+    counted on ``examples`` examples) until ``take`` are within the budget, each whose
+    pooled timing is within ``EDGE`` of the budget is timed again (``MAX_TIMINGS`` in
+    all) and judged on all its rounds. Returns ``rows`` with those rows advanced, in the same order."""
     out = {r.trial_id: r for r in rows}
     within = 0
-    for row in sorted(rows, key=lambda r: -(r.score or 0.0)):
+    for row in ranked(rows, examples, lambda r: r.latency_ms or 0.0):
         if within >= take:
             break
         key = row.policy.key()

@@ -14,6 +14,7 @@ from slimtune.measurement.paired import PairedTimings
 from slimtune.measurement.screening import Screen, latency_class
 from slimtune.pipeline.finalize import finalize_in_ray, shared_final, shared_models
 from slimtune.pipeline.measure import measure_candidate, measure_candidates, settle_the_edge
+from slimtune.pipeline.rank import ranked
 from slimtune.pipeline.references import int8_reference, latency_anchors, uniform_ladder
 from slimtune.pipeline.refine import (
     REFINE,
@@ -71,6 +72,7 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     the ``finalize.top_k`` best-scored that met the budget, plus the references."""
     spec = s.ctx.spec
     t0 = time.perf_counter()
+    examples = s.evaluator.scored_examples  # a score's noise: which scores are level
     pool = ScoringPool(s.evaluator, workers=spec.search.concurrency,
                        cpus=float(spec.target.threads))
     try:
@@ -91,7 +93,7 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
         # is timed and finalized as its own row (its own fine-tune seed), not skipped
         measured = measure_candidates(s.ctx, scored, s.screen, count=spec.search.trials,
                                       baseline=s.baseline, budget=s.budget, on_row=s.record,
-                                      timings=s.paired)
+                                      timings=s.paired, examples=examples)
         measured += _refined(s, pool, measured + [s.rows[r.trial_id] for r in refs])
     finally:
         pool.close()
@@ -99,9 +101,11 @@ def run_scoring_search(s: ScoringSearch) -> list[TrialResult]:
     # them: the winners-to-be and the references at the budget's edge are timed again
     measured = settle_the_edge(s.ctx, measured, take=spec.finalize.top_k, baseline=s.baseline,
                                budget=s.budget, timings=s.paired, on_row=s.record,
-                               screen=s.screen)
+                               screen=s.screen, examples=examples)
     s.timings["measure_s"] = time.perf_counter() - t2
-    within = sorted((r for r in measured if r.feasible), key=lambda r: -(r.score or 0.0))
+    # best first, those level with the best score (within its noise) largest first
+    within = ranked([r for r in measured if r.feasible], examples,
+                    lambda r: r.latency_ms or 0.0)
     s.say(f"measured {len(measured)} candidates paired with the baseline: {len(within)} "
           f"within budget (screen margin x{s.screen.correction():.2f})")
     winners = within[:spec.finalize.top_k]

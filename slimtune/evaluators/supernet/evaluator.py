@@ -118,6 +118,10 @@ class SupernetEvaluator(Evaluator):
         evaluator.key, evaluator.path = key, final
         return evaluator
 
+    @property
+    def scored_examples(self) -> int | None:
+        return self.val_size if self.objective.top1 else None
+
     def score(self, policy: Policy) -> float:
         key = policy.key()
         if key not in self.cache:
