@@ -92,7 +92,8 @@ def measure_candidates(ctx: TrialContext, rows: Sequence[TrialResult], screen: S
     ``examples`` examples), re-screening each with the margin the measurements so far
     have taught: those predicted within budget first, then (if fewer than ``count``)
     those :meth:`Screen.possible` (within budget at the smallest error the measurements
-    of their latency class have shown); each measurement is recorded by the screen. Returns the ``measured`` rows.
+    of their latency class have shown); each measurement is recorded by the screen.
+    Returns the ``measured`` rows.
 
     The near-boundary pass is not cut short once a few met the budget: the best models
     lie at the boundary, and a margin learnt from a few anchors is a cautious one (at 30%
@@ -126,7 +127,8 @@ def settle_the_edge(ctx: TrialContext, rows: Sequence[TrialResult], *, take: int
     in the final stage's order (:func:`rank.ranked` on the measured latency, scores
     counted on ``examples`` examples) until ``take`` are within the budget, each whose
     pooled timing is within ``EDGE`` of the budget is timed again (``MAX_TIMINGS`` in
-    all) and judged on all its rounds. Returns ``rows`` with those rows advanced, in the same order."""
+    all) and judged on all its rounds. Returns ``rows`` with those rows advanced, in the
+    same order."""
     out = {r.trial_id: r for r in rows}
     within = 0
     for row in ranked(rows, examples, lambda r: r.latency_ms or 0.0):
