@@ -63,10 +63,9 @@ def runs_int8(bits: int) -> bool:
 
 
 def kept_channels(channels: int, ratio: float, *, min_channels: int = 1, round_to: int = 1) -> int:
-    """Channels a group keeps at ``ratio``: a multiple of ``round_to`` (never fewer than
-    one multiple, nor than the minimum), or all of them."""
-    kept = round(channels * (1.0 - ratio) / round_to) * round_to
-    return min(max(min_channels, 1, round_to, kept), channels)
+    """Channels a group keeps at ``ratio``: rounded to ``round_to``, never below the minimum."""
+    return min(max(min_channels, 1, round(channels * (1.0 - ratio) / round_to) * round_to),
+               channels)
 
 
 def _layers(model: nn.Module, table: LayerTable) -> dict[str, nn.Module]:
